@@ -1,0 +1,26 @@
+# breast_d2 — every target builds .venv on first use (scripts/setup_env.sh; idempotent).
+PY := .venv/bin/python
+ENV := .venv/.breast_d2_env_ok
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: env demo test bench clean-demo
+
+env: $(ENV)
+
+$(ENV): scripts/setup_env.sh requirements/requirements.txt requirements/constraints.txt setup.py
+	bash scripts/setup_env.sh
+
+# The main job on the synthetic cohort: phantom -> COCO -> U-Net++ -> masks -> detector -> FROC report.
+demo: $(ENV)
+	$(PY) tools/demo.py --out output/demo
+
+# The test suite (tiny phantoms and configs; a few minutes on 2 CPU cores).
+test: $(ENV)
+	$(PY) -m pytest -q tests
+
+# Benchmarks whose results are recorded in BENCHMARKS.md (long; not part of the tests).
+bench: $(ENV)
+	$(PY) benchmarks/run_all.py
+
+clean-demo:
+	rm -rf output/demo

@@ -1,0 +1,62 @@
+"""Config keys that breast_d2 adds to detectron2's defaults."""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_breast_config"]
+
+
+def add_breast_config(cfg: CN) -> None:
+    """Add every breast_d2 key to ``cfg`` (a detectron2 config from ``get_cfg()``), in place."""
+    _add_dataset_config(cfg)
+    _add_mask_config(cfg)
+    _add_solver_config(cfg)
+    _add_froc_config(cfg)
+
+
+def _add_dataset_config(cfg: CN) -> None:
+    # Folder written by tools/convert_to_coco.py; "" means $BREAST_D2_DATA, else datasets/phantom_coco.
+    cfg.DATASETS.BREAST_ROOT = ""
+    # Patient-level fold K: DATASETS.TRAIN/TEST are set to breast_fold{K}_train/_val when K >= 0.
+    cfg.DATASETS.FOLD = -1
+    # Train only on slices that contain a mass (as the study did); validation always sees every slice.
+    cfg.DATALOADER.POSITIVE_SLICES_ONLY = True
+
+
+def _add_mask_config(cfg: CN) -> None:
+    cfg.INPUT.BREAST_MASK = CN()
+    # Zero every pixel outside the breast region before augmentation (the study's preprocessing).
+    cfg.INPUT.BREAST_MASK.ENABLED = False
+    # Where masks come from: "cached" (PNG folder DIR), "gt" (<root>/masks/gt), "model" (run WEIGHTS).
+    cfg.INPUT.BREAST_MASK.SOURCE = "cached"
+    # Folder of <case_id>/<z:04d>.png masks for SOURCE=cached; "" means <root>/masks/fold{K}.
+    cfg.INPUT.BREAST_MASK.DIR = ""
+    # Segmentation checkpoint (tools/train_breast_seg.py) used when SOURCE=model.
+    cfg.INPUT.BREAST_MASK.WEIGHTS = ""
+    # Dilate the mask by this many millimetres (in-plane pixel spacing from cases.json) before use.
+    cfg.INPUT.BREAST_MASK.DILATE_MM = 0.0
+
+
+def _add_solver_config(cfg: CN) -> None:
+    # Train for this many epochs over the training set; > 0 overrides SOLVER.MAX_ITER at setup.
+    cfg.SOLVER.EPOCHS = 0
+    # Multiply the LR by SOLVER.GAMMA every EPOCH_DECAY epochs (the study: 10); 0 keeps SOLVER.STEPS.
+    cfg.SOLVER.EPOCH_DECAY = 0
+
+
+def _add_froc_config(cfg: CN) -> None:
+    cfg.TEST.FROC = CN()
+    # Link detections whose slices differ by at most 1 + SLICE_GAP (1 bridges one missed slice).
+    cfg.TEST.FROC.SLICE_GAP = 1
+    # ... and whose 2D IoU is at least LINK_IOU.
+    cfg.TEST.FROC.LINK_IOU = 0.3
+    # Candidate score from its members' scores: "max" or "mean".
+    cfg.TEST.FROC.SCORE = "max"
+    # Slice detections below this score are dropped before merging.
+    cfg.TEST.FROC.SCORE_THRESH = 0.0
+    # Hit criterion: "iou3d" (the study), "iou2d" or "center".
+    cfg.TEST.FROC.HIT = "iou3d"
+    # A candidate hits a mass when its IoU is strictly greater than this.
+    cfg.TEST.FROC.IOU_THRESH = 0.5
+    # Extra hits on an already detected mass: "ignore" (LUNA16) or "fp" (nnDetection, COCO).
+    cfg.TEST.FROC.DUPLICATES = "ignore"
+    # Bootstrap resamples of cases for the 95% confidence interval (0 turns it off).
+    cfg.TEST.FROC.BOOTSTRAP = 1000
