@@ -1,0 +1,12 @@
+"""Training/evaluation helpers shared by tools/train_net.py and the other entry points."""
+from .defaults import (
+    apply_epoch_schedule,
+    build_breast_evaluator,
+    build_breast_test_loader,
+    build_breast_train_loader,
+    configure_fold,
+    train_dataset_dicts,
+)
+from .weights import WeightsUnavailableError, resolve_weights
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]
