@@ -1,11 +1,25 @@
 """breast_d2: detect breast masses in DCE-MRI with detectron2.
 
-Importing the package registers the converted cohort's folds (``breast_fold{K}_train/_val``)
-from ``$BREAST_D2_DATA`` (default ``datasets/phantom_coco``).
+The package is imported lazily: the NumPy-only parts (phantom, conversion, FROC maths) load
+without torch or detectron2. Importing :mod:`breast_d2.data.datasets` — which the trainer, the
+mapper, :mod:`breast_d2.engine` and the attributes below do — registers the converted cohort's
+folds ``breast_fold{K}_train/_val`` from ``$BREAST_D2_DATA`` (default ``datasets/phantom_coco``).
 """
-from .config import add_breast_config
-from .data import BreastMaskDatasetMapper, register_breast_folds
+import importlib
 
-register_breast_folds()
+__version__ = "0.1.0"
 
-__all__ = ["add_breast_config", "BreastMaskDatasetMapper", "register_breast_folds"]
+_LAZY = {
+    "add_breast_config": "breast_d2.config",
+    "BreastMaskDatasetMapper": "breast_d2.data.mapper",
+    "register_breast_folds": "breast_d2.data.datasets",
+    "BreastFROCEvaluator": "breast_d2.evaluation",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'breast_d2' has no attribute {name!r}")

@@ -118,3 +118,8 @@ def register_breast_folds(
             names.append(name)
     logger.debug("Registered %d breast datasets from %s", len(names), root)
     return names
+
+
+# Importing this module registers the default cohort (root from $BREAST_D2_DATA), as
+# detectron2's builtin.py does; tools re-register with their --data root.
+register_breast_folds()
