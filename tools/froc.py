@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""FROC of 3D candidates against cases.json, or the summary of several folds.
+
+Single run (prints a table; writes DIR/froc.json, froc.csv, froc.png)::
+
+    python tools/froc.py --candidates output/inference/candidates.json \\
+        --ground-truth datasets/phantom_coco/cases.json --out output/froc \\
+        [--splits datasets/phantom_coco/splits.json --fold 0] [--hit iou3d] [--iou 0.5]
+
+Cases evaluated: every case of the ground truth, or the validation cases of ``--fold`` in
+``--splits`` (every evaluated case counts in the FP-per-case denominator).
+
+Folds (one folder per fold holding froc.json and candidates.json, e.g. the evaluator's output;
+prints a markdown table; writes DIR/froc_folds.json, froc_folds.md, froc_folds.png)::
+
+    python tools/froc.py --folds out/fold0/inference out/fold1/inference ... --out out/froc
+
+The work is done by :mod:`breast_d2.evaluation.froc`. Bad input stops with one line
+``error: ...`` on stderr and exit code 2.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+from breast_d2.evaluation.froc import (
+    FROCInputError,
+    compute_froc,
+    evaluate_fold_dirs,
+    format_folds_table,
+    format_froc_table,
+    load_candidates_json,
+    load_cases_json,
+    save_froc,
+    subset_cases,
+    write_json_atomic,
+)
+from breast_d2.evaluation.plots import plot_folds
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block, like every other error of this tool
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(2)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = _Parser(description=__doc__.split("\n")[0])
+    parser.add_argument("--candidates", help="candidates JSON (single run)")
+    parser.add_argument("--ground-truth", help="the converter's cases.json")
+    parser.add_argument("--folds", nargs="+", metavar="DIR", help="fold output folders")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--splits", help="splits.json; with --fold, evaluate its validation cases")
+    parser.add_argument("--fold", type=int, help="fold index in --splits")
+    parser.add_argument("--hit", choices=("iou3d", "iou2d", "center"), default="iou3d")
+    parser.add_argument("--iou", type=float, default=0.5, help="hit needs IoU > this")
+    parser.add_argument("--duplicates", choices=("ignore", "fp"), default="ignore")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="case resamples (0: no CI)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    return parser
+
+
+def _fold_cases(splits_path: str, fold: int) -> list:
+    with open(splits_path) as f:
+        splits = json.load(f)
+    for entry in splits.get("folds", []):
+        if entry.get("fold") == fold:
+            return list(entry["val"])
+    raise FROCInputError(f"{splits_path}: no fold {fold}")
+
+
+def run_single(args) -> str:
+    if not args.candidates or not args.ground_truth:
+        raise FROCInputError("a single run needs --candidates and --ground-truth")
+    if (args.splits is None) != (args.fold is None):
+        raise FROCInputError("--splits and --fold go together")
+    cases = load_cases_json(args.ground_truth)
+    if args.splits:
+        cases = subset_cases(cases, _fold_cases(args.splits, args.fold))
+    candidates = load_candidates_json(args.candidates, as_arrays=True)
+    result = compute_froc(
+        candidates,
+        cases,
+        hit=args.hit,
+        iou_thresh=args.iou,
+        duplicates=args.duplicates,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+    )
+    result["inputs"] = {
+        "candidates": os.path.abspath(args.candidates),
+        "ground_truth": os.path.abspath(args.ground_truth),
+    }
+    save_froc(result, args.out)
+    if not args.splits and len(candidates.case_ids) < len(cases):
+        sys.stderr.write(
+            f"note: evaluated all {len(cases)} cases of the ground truth, "
+            f"{len(candidates.case_ids)} with candidates (restrict with --splits/--fold)\n"
+        )
+    return format_froc_table(result)
+
+
+def run_folds(args) -> str:
+    if args.candidates or args.splits:
+        raise FROCInputError("--folds takes no --candidates/--splits")
+    agg = evaluate_fold_dirs(
+        args.folds, ground_truth=args.ground_truth, bootstrap=args.bootstrap, seed=args.seed
+    )
+    table = format_folds_table(agg)
+    write_json_atomic(os.path.join(args.out, "froc_folds.json"), agg, indent=1)
+    with open(os.path.join(args.out, "froc_folds.md.tmp"), "w") as f:
+        f.write(table + "\n")
+    os.replace(os.path.join(args.out, "froc_folds.md.tmp"), os.path.join(args.out, "froc_folds.md"))
+    plot_folds(agg, os.path.join(args.out, "froc_folds.png"))
+    return table
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        table = run_folds(args) if args.folds else run_single(args)
+    except (ValueError, OSError, KeyError, TypeError) as e:  # FROCInputError is a ValueError
+        msg = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
+        sys.stderr.write(f"error: {msg}\n")
+        return 2
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
