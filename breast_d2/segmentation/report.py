@@ -1,0 +1,71 @@
+"""Cross-validation report of breast-region segmentation: per-case rows -> per-fold -> tables.
+
+A fold's value is the mean over its validation cases (the study's "Exp k"); the summary is the
+mean ± sd (sample sd) of the fold values, as in the study's Tables 1 and 2.
+"""
+import csv
+import logging
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from .metrics import METRIC_NAMES, summarize
+
+__all__ = ["ARCH_LABELS", "per_fold_rows", "write_csv", "markdown_report"]
+
+logger = logging.getLogger(__name__)
+
+ARCH_LABELS = {"unet": "U-Net", "unetplusplus": "U-Net++"}
+_METRIC_LABELS = {"dsc": "DSC", "jaccard": "Jaccard", "ss": "Segmentation sensitivity"}
+
+
+def per_fold_rows(case_rows: Sequence[dict]) -> List[dict]:
+    """Average per-case rows (keys run, arch, fold, case_id, dsc, jaccard, ss) per (run, fold)."""
+    groups: Dict[tuple, List[dict]] = {}
+    for row in case_rows:
+        groups.setdefault((row["run"], row["arch"], row["fold"]), []).append(row)
+    out = []
+    for (run, arch, fold), rows in groups.items():
+        entry = {"run": run, "arch": arch, "fold": fold, "n_cases": len(rows)}
+        for m in METRIC_NAMES:
+            vals = [r[m] for r in rows if not np.isnan(r[m])]
+            entry[m] = float(np.mean(vals)) if vals else float("nan")
+        out.append(entry)
+    return out
+
+
+def write_csv(rows: Sequence[dict], path: str) -> None:
+    """Write dict rows (same keys) as CSV; floats with 6 decimals."""
+    if not rows:
+        raise ValueError(f"nothing to write to {path}")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def _fmt(s: Dict[str, float]) -> str:
+    return "n/a" if s["n"] == 0 else f"{s['mean']:.3f} ± {s['sd']:.3f}"
+
+
+def markdown_report(fold_rows: Sequence[dict], title: str = "Breast-region segmentation") -> str:
+    """Side-by-side summary (mean ± sd over folds) then one study-style table per run."""
+    runs = list(dict.fromkeys(r["run"] for r in fold_rows))
+    by_run = {run: sorted((r for r in fold_rows if r["run"] == run), key=lambda r: r["fold"]) for run in runs}
+    lines = [f"## {title}", "", "Validation cases of each fold, whole volumes; mean ± sd over folds.", ""]
+    lines.append("| Metric | " + " | ".join(runs) + " |")
+    lines.append("|---|" + "---|" * len(runs))
+    for m in METRIC_NAMES:
+        cells = [_fmt(summarize([r[m] for r in by_run[run]])) for run in runs]
+        lines.append(f"| {_METRIC_LABELS[m]} | " + " | ".join(cells) + " |")
+    for run in runs:
+        rows = by_run[run]
+        lines += ["", f"### {run}: per fold (Exp k = fold k-1, mean over its validation cases)", ""]
+        lines.append("| Performance | " + " | ".join(f"Exp {r['fold'] + 1}" for r in rows) + " | Average |")
+        lines.append("|---|" + "---|" * (len(rows) + 1))
+        for m in METRIC_NAMES:
+            cells = [f"{r[m]:.3f}" for r in rows]
+            avg = summarize([r[m] for r in rows])["mean"]
+            lines.append(f"| {_METRIC_LABELS[m]} | " + " | ".join(cells) + f" | {avg:.3f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,236 @@
+"""Training loop for the breast-region models (SGD, resume, per-epoch validation DSC).
+
+Writes into ``out_dir``: ``model_last.pth`` (every epoch), ``model_best.pth`` (highest mean
+validation DSC so far), ``metrics.json`` (one entry per epoch) and ``log.txt``. Checkpoints are
+the dict of docs/DATA_FORMAT.md plus ``model_kwargs``, ``deep_supervision``, ``val_cases``,
+``label_every``, ``val_dsc``, ``history`` and ``config``.
+
+Note: ``model_best.pth`` is chosen on the fold's validation cases, so its validation scores are
+optimistic; the study evaluated the last epoch (``model_last.pth``).
+"""
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data import BreastSliceDataset, load_case_gt, load_case_images, load_fold
+from .losses import deep_supervision_loss, get_loss
+from .metrics import overlap_metrics
+from .models import BreastSegModel, build_model
+from .predict import load_checkpoint, predict_proba
+
+__all__ = ["SegTrainConfig", "train_segmentation", "evaluate_cases"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SegTrainConfig:
+    """Training settings; the defaults follow the study except where a CPU needs less.
+
+    Attributes:
+        arch: "unetplusplus" (BCE + Dice, deep supervision) or "unet" (BCE).
+        encoder: SMP encoder name (random init).
+        epochs: the study trained 50.
+        batch_size: the study used 5.
+        lr, momentum, weight_decay: SGD (the study gives no segmentation LR).
+        label_every: use 1 labelled slice in every N of each training case (study: 10).
+        input_size: square letterbox side, multiple of 32 (0 = native size padded to 32).
+        num_workers: DataLoader workers.
+        val_stride: validate on every N-th slice of each validation case (1 = whole volume).
+        seed: torch seed.
+        device: torch device string.
+        model_kwargs: extra SMP arguments (e.g. encoder_depth, decoder_channels).
+        precise_bn: before each validation, recompute the BatchNorm running statistics with one
+            no-grad pass over the training slices (detectron2's PreciseBN idea). Not in the
+            study; it matters when an epoch has few iterations, where the exponential running
+            averages lag the fast-changing weights and eval-mode outputs collapse.
+    """
+
+    arch: str = "unetplusplus"
+    encoder: str = "resnet34"
+    epochs: int = 50
+    batch_size: int = 5
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    label_every: int = 10
+    input_size: int = 256
+    num_workers: int = 0
+    val_stride: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    precise_bn: bool = True
+
+
+def evaluate_cases(
+    model: torch.nn.Module,
+    data_root: str,
+    case_ids: Sequence[str],
+    input_size: int,
+    device: str = "cpu",
+    slice_stride: int = 1,
+    batch_size: int = 8,
+) -> Dict[str, Dict[str, float]]:
+    """Whole-volume DSC/Jaccard/SS of the thresholded (0.5) raw model output per case.
+
+    Returns:
+        ``{case_id: {"dsc", "jaccard", "ss"}}``.
+    """
+    was_training = model.training
+    model.eval()
+    out = {}
+    for case_id in case_ids:
+        zs, images = load_case_images(data_root, case_id)
+        zs, images = zs[::slice_stride], images[::slice_stride]
+        gt = load_case_gt(data_root, case_id, zs)
+        prob = predict_proba(model, images, input_size, batch_size, device)
+        out[case_id] = overlap_metrics(prob >= 0.5, gt)
+    model.train(was_training)
+    return out
+
+
+def _save_atomic(obj: Dict[str, Any], path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _checkpoint(
+    model: BreastSegModel, optimizer, cfg: SegTrainConfig, fold: int, train_ids, val_ids,
+    epoch: int, best_dsc: float, val_dsc: float, history: List[dict],
+) -> Dict[str, Any]:
+    return {
+        "arch": cfg.arch,
+        "encoder": cfg.encoder,
+        "in_channels": 3,
+        "model": model.state_dict(),
+        "fold": int(fold),
+        "train_cases": list(train_ids),
+        "epoch": int(epoch),
+        "best_dsc": float(best_dsc),
+        "optimizer": optimizer.state_dict(),
+        "input_size": int(cfg.input_size),
+        "model_kwargs": dict(cfg.model_kwargs),
+        "deep_supervision": model.deep_supervision,
+        "val_cases": list(val_ids),
+        "label_every": int(cfg.label_every),
+        "val_dsc": float(val_dsc),
+        "history": history,
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+def _check_resume(ckpt: Dict[str, Any], cfg: SegTrainConfig, fold: int, train_ids) -> None:
+    theirs = (ckpt["arch"], ckpt["encoder"], ckpt.get("fold"), sorted(ckpt["train_cases"]))
+    ours = (cfg.arch, cfg.encoder, int(fold), sorted(train_ids))
+    if theirs != ours:
+        raise ValueError(
+            f"cannot resume: checkpoint (arch, encoder, fold) = {theirs[:3]} vs requested "
+            f"{ours[:3]}" + ("" if theirs[3] == ours[3] else ", different training cases")
+        )
+
+
+def train_segmentation(
+    data_root: str,
+    fold: int,
+    out_dir: str,
+    cfg: SegTrainConfig,
+    resume: Optional[str] = None,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Train one fold's breast-region model and write checkpoints into ``out_dir``.
+
+    Args:
+        data_root: converted folder (slices, masks/gt, cases.json, splits.json).
+        fold: fold index K; trains on its "train" cases, validates on its "val" cases.
+        out_dir: output folder (created).
+        cfg: :class:`SegTrainConfig`.
+        resume: checkpoint to continue from (usually ``out_dir/model_last.pth``); it must be of
+            the same arch, encoder, fold and training cases.
+        progress: show a tqdm bar per epoch (postfix: running loss).
+
+    Returns:
+        ``{"epoch", "best_dsc", "last_dsc", "history"}``.
+    """
+    from tqdm import tqdm
+
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    train_ids, val_ids = load_fold(data_root, fold)
+    dataset = BreastSliceDataset(data_root, train_ids, cfg.label_every, cfg.input_size, flip=True)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=cfg.num_workers,
+        # a last batch of one image breaks BatchNorm at the 1x1 bottleneck of small inputs
+        drop_last=len(dataset) % cfg.batch_size == 1 and len(dataset) > cfg.batch_size,
+    )
+    model = build_model(cfg.arch, cfg.encoder, 3, **cfg.model_kwargs).to(cfg.device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    loss_fn = get_loss(cfg.arch)
+    start_epoch, best_dsc, history = 0, -1.0, []
+    if resume:
+        ckpt = load_checkpoint(resume)
+        _check_resume(ckpt, cfg, fold, train_ids)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, best_dsc = int(ckpt["epoch"]), float(ckpt["best_dsc"])
+        history = list(ckpt.get("history", []))
+        logger.info("resumed from %s at epoch %d (best DSC %.4f)", resume, start_epoch, best_dsc)
+    logger.info(
+        "fold %d: %s/%s, %d train cases (%d slices), %d val cases, epochs %d",
+        fold, cfg.arch, cfg.encoder, len(train_ids), len(dataset), len(val_ids), cfg.epochs,
+    )
+    val_dsc = float("nan")
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0, losses = time.perf_counter(), []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for images, targets in bar:
+            images, targets = images.to(cfg.device), targets.to(cfg.device)
+            logits, aux = model.forward_with_aux(images)
+            loss = deep_supervision_loss(logits, aux, targets, loss_fn)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if cfg.precise_bn:
+            with torch.no_grad():
+                torch.optim.swa_utils.update_bn(loader, model, device=cfg.device)
+        per_case = evaluate_cases(
+            model, data_root, val_ids, cfg.input_size, cfg.device, cfg.val_stride
+        )
+        val_dsc = float(np.mean([m["dsc"] for m in per_case.values()])) if per_case else 0.0
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "val_dsc": val_dsc,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+        logger.info("epoch %d: loss %.4f, val DSC %.4f", epoch + 1, history[-1]["loss"], val_dsc)
+        is_best = val_dsc > best_dsc
+        best_dsc = max(best_dsc, val_dsc)
+        ckpt = _checkpoint(
+            model, optimizer, cfg, fold, train_ids, val_ids, epoch + 1, best_dsc, val_dsc, history
+        )
+        _save_atomic(ckpt, os.path.join(out_dir, "model_last.pth"))
+        if is_best:
+            _save_atomic(ckpt, os.path.join(out_dir, "model_best.pth"))
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            json.dump(history, f, indent=2)
+    return {"epoch": len(history), "best_dsc": best_dsc, "last_dsc": val_dsc, "history": history}

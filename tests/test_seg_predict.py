@@ -1,0 +1,192 @@
+"""Tests of breast_d2.segmentation.predict / postprocess and the mask and eval tools."""
+import importlib.util
+import json
+import os
+import tempfile
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from breast_d2.segmentation import (
+    BreastMaskPredictor,
+    FoldLeakError,
+    build_model,
+    dilate_mm,
+    fill_holes,
+    keep_large_components,
+    load_checkpoint,
+    load_fold,
+    verify_fold_masks,
+    write_fold_masks,
+)
+from breast_d2.segmentation.data import load_case_gt, read_mask
+from breast_d2.segmentation.toy import make_toy_converted
+
+torch.set_num_threads(2)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(encoder_depth=3, decoder_channels=[16, 8, 8])
+
+
+def _save_ckpt(path, fold, train_cases, seed=0):
+    torch.manual_seed(seed)
+    model = build_model("unetplusplus", "resnet18", **TINY)
+    torch.save({"arch": "unetplusplus", "encoder": "resnet18", "in_channels": 3,
+                "model": model.state_dict(), "fold": fold, "train_cases": list(train_cases),
+                "epoch": 0, "best_dsc": 0.0, "optimizer": {}, "input_size": 32,
+                "model_kwargs": TINY}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy():
+    with tempfile.TemporaryDirectory() as d:
+        make_toy_converted(d, num_cases=4, num_slices=4, height=48, width=64)
+        for k in (0, 1):
+            _save_ckpt(os.path.join(d, f"fold{k}.pth"), k, load_fold(d, k)[0])
+        yield d
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_tool(name, args, capsys):
+    try:
+        code = _tool(name).main(list(args))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+# ---- post-processing -------------------------------------------------------------------------
+def test_keep_large_components():
+    m = np.zeros((20, 30), bool)
+    m[2:10, 2:10] = True  # 64 px
+    m[2:9, 20:27] = True  # 49 px: the other breast, kept
+    m[15, 15] = True  # 1 px speck, dropped
+    out = keep_large_components(m, 0.1)
+    assert out.sum() == 64 + 49 and not out[15, 15]
+    assert keep_large_components(m, 1.0).sum() == 64
+    assert not keep_large_components(np.zeros((3, 3), bool)).any()
+
+
+def test_fill_holes_and_dilate_mm():
+    m = np.zeros((2, 11, 11), bool)
+    m[:, 2:9, 2:9] = True
+    m[:, 5, 5] = False
+    assert fill_holes(m)[:, 5, 5].all()
+    p = np.zeros((21, 21), bool)
+    p[10, 10] = True
+    d = dilate_mm(p, 2.0, spacing_xy=(0.5, 1.0))  # 4 px along x, 2 px along y
+    cols, rows = np.flatnonzero(d[10]), np.flatnonzero(d[:, 10])
+    assert (cols.min(), cols.max(), rows.min(), rows.max()) == (6, 14, 8, 12)
+    v = dilate_mm(np.stack([p, np.zeros_like(p)]), 1.0)
+    assert not v[1].any()  # no dilation across slices
+    assert (dilate_mm(p, 0) == p).all()
+
+
+# ---- predictor -------------------------------------------------------------------------------
+def test_predictor_shapes_and_formats(toy):
+    pred = BreastMaskPredictor(os.path.join(toy, "fold0.pth"))
+    assert pred.input_size == 32 and pred.fold == 0 and pred.train_cases
+    img = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    mask = pred(img)
+    assert mask.shape == (48, 64) and mask.dtype == bool
+    case = pred.predict_case(np.stack([img, img, img]))
+    assert case.shape == (3, 48, 64) and case.dtype == bool
+    bgr = BreastMaskPredictor(os.path.join(toy, "fold0.pth"), input_format="BGR", input_size=64)
+    assert np.allclose(bgr.predict_proba(img[None, ..., ::-1]), pred.__class__(
+        os.path.join(toy, "fold0.pth"), input_size=64).predict_proba(img[None]), atol=1e-5)
+
+
+# ---- fold-correct masks ----------------------------------------------------------------------
+def test_fold_masks_are_fold_correct(toy):
+    manifest = write_fold_masks(toy, 0, os.path.join(toy, "fold0.pth"), progress=False)
+    train_ids, val_ids = load_fold(toy, 0)
+    assert set(manifest["cases"]) == set(train_ids) | set(val_ids)
+    # the check that matters: no validation mask from a model that trained on that case,
+    # read from the checkpoint named in the manifest (its recorded train_cases)
+    ckpt = load_checkpoint(manifest["weights"])
+    for case_id in val_ids:
+        assert manifest["cases"][case_id]["source"] == "model"
+        assert case_id not in ckpt["train_cases"]
+        assert case_id not in manifest["train_cases"]
+        pngs = sorted(os.listdir(os.path.join(toy, "masks", "fold0", case_id)))
+        assert pngs == [f"{z:04d}.png" for z in range(4)]
+        values = np.unique(cv2.imread(os.path.join(toy, "masks", "fold0", case_id, pngs[0]), 0))
+        assert set(values.tolist()) <= {0, 255}
+    assert verify_fold_masks(toy, 0) == []
+
+
+def test_leaking_checkpoint_is_refused(toy, capsys):
+    train_ids, val_ids = load_fold(toy, 0)
+    leak = _save_ckpt(os.path.join(toy, "leak.pth"), 0, train_ids + val_ids[:1])
+    with pytest.raises(FoldLeakError, match=val_ids[0]):
+        write_fold_masks(toy, 0, leak, progress=False)
+    code, out = _run_tool("predict_breast_masks", ["--data", toy, "--fold", "0", "--weights", leak], capsys)
+    assert code == 2 and len(out.err.strip().splitlines()) == 1
+    assert out.err.startswith("error: refusing") and val_ids[0] in out.err
+    # the fold-1 model trained on fold 0's validation cases: refused for fold 0 as well
+    with pytest.raises(FoldLeakError):
+        write_fold_masks(toy, 0, os.path.join(toy, "fold1.pth"), progress=False)
+
+
+def test_verify_detects_a_tampered_manifest(toy):
+    write_fold_masks(toy, 1, os.path.join(toy, "fold1.pth"), progress=False)
+    path = os.path.join(toy, "masks", "fold1", "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    _, val_ids = load_fold(toy, 1)
+    manifest["weights"] = os.path.join(toy, "fold0.pth")  # a model that trained on fold 1's val
+    manifest["weights_sha256"] = __import__("hashlib").sha256(open(manifest["weights"], "rb").read()).hexdigest()
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    problems = verify_fold_masks(toy, 1)
+    assert any("trained on it" in p for p in problems) and val_ids[0] in " ".join(problems)
+
+
+def test_gt_source_resume_and_dilation(toy, capsys):
+    weights = os.path.join(toy, "fold0.pth")
+    code, _ = _run_tool("predict_breast_masks", ["--data", toy, "--fold", "0", "--weights", weights,
+                                                 "--source", "gt"], capsys)
+    assert code == 0
+    train_ids, val_ids = load_fold(toy, 0)
+    fold_dir = os.path.join(toy, "masks", "fold0")
+    with open(os.path.join(fold_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert {manifest["cases"][c]["source"] for c in train_ids} == {"gt"}
+    assert {manifest["cases"][c]["source"] for c in val_ids} == {"model"}
+    c = train_ids[0]
+    got = np.stack([read_mask(os.path.join(fold_dir, c, f"{z:04d}.png")) for z in range(4)])
+    assert (got == load_case_gt(toy, c, range(4))).all()
+    # resume skips finished cases; other settings are refused
+    stamp = os.path.getmtime(os.path.join(fold_dir, c, "0000.png"))
+    write_fold_masks(toy, 0, weights, source="gt", resume=True, progress=False)
+    assert os.path.getmtime(os.path.join(fold_dir, c, "0000.png")) == stamp
+    with pytest.raises(ValueError, match="dilate_mm"):
+        write_fold_masks(toy, 0, weights, source="gt", dilation_mm=2, resume=True, progress=False)
+    assert not [n for n in os.listdir(fold_dir) if n.startswith(".")]  # no temp leftovers
+
+
+def test_eval_tool(toy, capsys):
+    out = os.path.join(toy, "eval")
+    tmpl = os.path.join(toy, "fold{fold}.pth")
+    code, res = _run_tool("eval_breast_seg", ["--data", toy, "--run", f"unetplusplus={tmpl}",
+                                              "--run", f"unet={tmpl}", "--out", out], capsys)
+    assert code == 0, res.err
+    assert "| Metric | U-Net++ | U-Net |" in res.out
+    lines = open(os.path.join(out, "seg_per_case.csv")).read().splitlines()
+    assert lines[0] == "run,arch,fold,case_id,dsc,jaccard,ss" and len(lines) == 1 + 2 * 4
+    assert len(open(os.path.join(out, "seg_per_fold.csv")).read().splitlines()) == 1 + 2 * 2
+    leak = os.path.join(toy, "leak.pth")
+    _save_ckpt(leak, 0, [c for f in (0, 1) for c in load_fold(toy, f)[1]])
+    code, res = _run_tool("eval_breast_seg", ["--data", toy, "--run", f"unet={leak}", "--folds", "0",
+                                              "--out", out], capsys)
+    assert code == 2 and res.err.startswith("error: run unet fold 0")
+    code, res = _run_tool("eval_breast_seg", ["--data", toy, "--run", "nonsense", "--out", out], capsys)
+    assert code == 2 and res.err.strip() == "error: --run must be NAME=PATH, got 'nonsense'"

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Per-case and per-fold DSC / Jaccard / segmentation sensitivity of breast-region models.
+
+Each fold's checkpoint is evaluated on that fold's validation cases, on whole volumes; a
+checkpoint that trained on one of them is refused. Writes OUT/seg_per_case.csv,
+OUT/seg_per_fold.csv and OUT/seg_table.md (mean ± sd over folds, runs side by side, then the
+study's per-fold tables) and prints the markdown.
+
+--run NAME=PATH, repeatable. PATH is a checkpoint file, a template with {fold}
+(runs/unet/fold{fold}/model_last.pth), a folder with fold{K}/ subfolders, or (one fold) a folder
+holding model_last.pth / model_best.pth. NAME "unet"/"unetplusplus" is shown as U-Net/U-Net++.
+
+Example:
+    python tools/eval_breast_seg.py --data datasets/phantom_coco --out output/seg/eval \
+        --run unet=output/seg/unet --run unetplusplus=output/seg/unetplusplus
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+
+from breast_d2.segmentation import (
+    ARCH_LABELS,
+    BreastMaskPredictor,
+    FoldLeakError,
+    check_no_fold_leak,
+    load_checkpoint,
+    load_fold,
+    markdown_report,
+    overlap_metrics,
+    per_fold_rows,
+    write_csv,
+)
+from breast_d2.segmentation.data import load_case_gt, load_case_images, load_cases
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(2)
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)
+
+
+def parse_args(argv=None):
+    p = _Parser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="converted folder")
+    p.add_argument("--run", action="append", required=True, metavar="NAME=PATH")
+    p.add_argument("--folds", type=int, nargs="*", default=None, help="default: all folds")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="for folder PATHs; 'last' as the study (best is chosen on these cases)")
+    p.add_argument("--postprocess", action="store_true",
+                   help="apply the mask post-processing (components, holes) before scoring")
+    p.add_argument("--out", required=True, help="output folder for CSV and markdown")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def resolve_checkpoint(path: str, fold: int, which: str) -> str:
+    """Checkpoint file of ``fold`` for a --run PATH (see the module docstring)."""
+    path = path.replace("{fold}", str(fold))
+    if os.path.isdir(os.path.join(path, f"fold{fold}")):
+        path = os.path.join(path, f"fold{fold}")
+    if os.path.isdir(path):
+        path = os.path.join(path, f"model_{which}.pth")
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not all(os.path.isfile(os.path.join(args.data, f)) for f in ("cases.json", "splits.json")):
+        _fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
+    runs = []
+    for spec in args.run:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            _fail(f"--run must be NAME=PATH, got {spec!r}")
+        runs.append((name, path))
+    with open(os.path.join(args.data, "splits.json")) as f:
+        folds = args.folds if args.folds else [int(e["fold"]) for e in json.load(f)["folds"]]
+    checkpoints = {}
+    for name, path in runs:
+        for fold in folds:
+            try:
+                _, val_ids = load_fold(args.data, fold)
+            except ValueError as e:
+                _fail(str(e))
+            ckpt_path = resolve_checkpoint(path, fold, args.checkpoint)
+            if not os.path.isfile(ckpt_path):
+                _fail(f"run {name} fold {fold}: no checkpoint {ckpt_path}")
+            try:
+                check_no_fold_leak(load_checkpoint(ckpt_path)["train_cases"], val_ids, fold)
+            except FoldLeakError as e:
+                _fail(f"run {name} fold {fold} ({ckpt_path}): {e}")
+            except ValueError as e:
+                _fail(str(e))
+            checkpoints[name, fold] = (ckpt_path, val_ids)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    cases = load_cases(args.data)
+    case_rows = []
+    for (name, fold), (ckpt_path, val_ids) in checkpoints.items():
+        predictor = BreastMaskPredictor(ckpt_path, args.device, batch_size=args.batch_size)
+        label = ARCH_LABELS.get(name, name)
+        for case_id in val_ids:
+            zs, images = load_case_images(args.data, case_id)
+            spacing = cases.get(case_id, {}).get("spacing", [1.0, 1.0])[:2]
+            pred = predictor.predict_case(images, 0.0, spacing, postprocess=args.postprocess)
+            metrics = overlap_metrics(pred, load_case_gt(args.data, case_id, zs))
+            case_rows.append({"run": label, "arch": predictor.arch, "fold": fold,
+                              "case_id": case_id, **metrics})
+    os.makedirs(args.out, exist_ok=True)
+    fold_rows = per_fold_rows(case_rows)
+    write_csv(case_rows, os.path.join(args.out, "seg_per_case.csv"))
+    write_csv(fold_rows, os.path.join(args.out, "seg_per_fold.csv"))
+    table = markdown_report(fold_rows)
+    with open(os.path.join(args.out, "seg_table.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Write fold-correct breast masks OUT/masks/fold{K}/<case_id>/<z:04d>.png (0/255) for fold K.
+
+Validation cases of fold K get the mask of --weights, which must not have trained on them (the
+checkpoint's train_cases are checked; a leak is refused). Training cases get the same model's
+mask, or a copy of masks/gt with --source gt. OUT/masks/fold{K}/manifest.json records the
+weights, the checkpoint's train_cases and each case's source.
+
+Example:
+    python tools/predict_breast_masks.py --data datasets/phantom_coco --fold 0 \
+        --weights output/seg/unetplusplus/fold0/model_last.pth
+"""
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+from breast_d2.segmentation import FoldLeakError, load_fold, write_fold_masks
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(2)
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)
+
+
+def parse_args(argv=None):
+    p = _Parser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="converted folder")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--weights", required=True, help="checkpoint from tools/train_breast_seg.py")
+    p.add_argument("--source", choices=("model", "gt"), default="model",
+                   help="masks of the TRAINING cases (validation cases always use the model)")
+    p.add_argument("--dilate-mm", type=float, default=0.0, help="in-plane dilation, all cases")
+    p.add_argument("--min-component-fraction", type=float, default=0.1,
+                   help="keep 3D components >= this fraction of the largest")
+    p.add_argument("--resume", action="store_true", help="skip cases already in the manifest")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not all(os.path.isfile(os.path.join(args.data, f)) for f in ("cases.json", "splits.json")):
+        _fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
+    if not os.path.isfile(args.weights):
+        _fail(f"no checkpoint {args.weights}")
+    if args.dilate_mm < 0 or args.batch_size < 1:
+        _fail("--dilate-mm must be >= 0 and --batch-size >= 1")
+    try:
+        load_fold(args.data, args.fold)
+    except ValueError as e:
+        _fail(str(e))
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    try:
+        manifest = write_fold_masks(
+            args.data, args.fold, args.weights, source=args.source, dilation_mm=args.dilate_mm,
+            resume=args.resume, device=args.device, batch_size=args.batch_size,
+            min_component_fraction=args.min_component_fraction,
+        )
+    except FoldLeakError as e:
+        _fail(f"refusing to write fold {args.fold} masks: {e}")
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    out = os.path.join(args.data, "masks", f"fold{args.fold}")
+    print(f"wrote {len(manifest['cases'])} cases to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Train a breast-region U-Net++ (deep supervision, BCE + Dice) or U-Net (BCE) on one fold.
+
+Example:
+    python tools/train_breast_seg.py --data datasets/phantom_coco --fold 0 --arch unetplusplus \
+        --out output/seg/unetplusplus/fold0
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+
+from breast_d2.segmentation import ARCHS, SegTrainConfig, load_fold, train_segmentation
+
+EPILOG = """\
+Study settings kept: SGD (momentum 0.9), 50 epochs, batch size 5, horizontal flips, 1 labelled
+slice in every 10, BCE for U-Net, BCE + Dice with deep supervision for U-Net++.
+Different for CPUs: slices are letterboxed to --input-size 256 (the study trained at native
+resolution: use --input-size 0, or 512); the encoder is an SMP ResNet trained from scratch
+(--encoder resnet18 is about twice as fast as resnet34); the study gives no segmentation learning
+rate (--lr 0.01 here). Writes OUT/model_last.pth, model_best.pth (by validation DSC; optimistic,
+the study evaluated the last epoch), metrics.json and log.txt.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(2)
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)
+
+
+def parse_args(argv=None):
+    p = _Parser(description=__doc__.split("\n")[0], epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="converted folder (tools/convert_to_coco.py)")
+    p.add_argument("--fold", type=int, required=True, help="fold K of splits.json")
+    p.add_argument("--arch", choices=ARCHS, default="unetplusplus")
+    p.add_argument("--encoder", default="resnet34", help="SMP encoder, random init")
+    p.add_argument("--encoder-depth", type=int, default=5, help="SMP encoder_depth (3-5)")
+    p.add_argument("--decoder-channels", default="",
+                   help="comma list, one per encoder stage (default SMP's 256,128,64,32,16)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--label-every", type=int, default=10, help="1 labelled slice in every N")
+    p.add_argument("--input-size", type=int, default=256, help="multiple of 32; 0 = native size")
+    p.add_argument("--val-stride", type=int, default=1, help="validate on every N-th slice")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from a checkpoint (default OUT/model_last.pth)")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    for name in ("epochs", "batch_size", "label_every", "val_stride"):
+        if getattr(args, name) < 1:
+            _fail(f"--{name.replace('_', '-')} must be >= 1")
+    if args.input_size < 0 or args.input_size % 32:
+        _fail(f"--input-size must be 0 or a multiple of 32, got {args.input_size}")
+    if not all(os.path.isfile(os.path.join(args.data, f)) for f in ("cases.json", "splits.json")):
+        _fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
+    try:
+        load_fold(args.data, args.fold)
+    except ValueError as e:
+        _fail(str(e))
+    model_kwargs = {}
+    if args.encoder_depth != 5:
+        model_kwargs["encoder_depth"] = args.encoder_depth
+    if args.decoder_channels:
+        try:
+            model_kwargs["decoder_channels"] = [int(c) for c in args.decoder_channels.split(",")]
+        except ValueError:
+            _fail(f"--decoder-channels must be integers, got {args.decoder_channels!r}")
+    elif args.encoder_depth != 5:  # SMP needs one decoder width per stage
+        model_kwargs["decoder_channels"] = [256, 128, 64, 32, 16][-args.encoder_depth :]
+    resume = args.resume
+    if resume == "auto":
+        resume = os.path.join(args.out, "model_last.pth")
+    if resume and not os.path.isfile(resume):
+        _fail(f"--resume: no checkpoint {resume}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(
+                            os.path.join(args.out, "log.txt"))])
+    cfg = SegTrainConfig(
+        arch=args.arch, encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        label_every=args.label_every, input_size=args.input_size, num_workers=args.num_workers,
+        val_stride=args.val_stride, seed=args.seed, device=args.device, model_kwargs=model_kwargs,
+    )
+    try:
+        result = train_segmentation(args.data, args.fold, args.out, cfg, resume=resume)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    print(json.dumps({k: result[k] for k in ("epoch", "best_dsc", "last_dsc")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
