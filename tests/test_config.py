@@ -6,12 +6,14 @@ import pytest
 
 from detectron2.config import get_cfg
 
-from breast_d2 import add_breast_config
+from breast_d2.config import add_breast_config
 from breast_d2.engine import WeightsUnavailableError, apply_epoch_schedule, resolve_weights
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
-CONFIGS = sorted(
-    f for f in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")) if not os.path.basename(f)[0].isupper()
+CONFIGS = sorted(  # every loadable config (Base-*.yaml files are only meant as _BASE_)
+    f
+    for f in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
+    if not os.path.basename(f).startswith("Base-")
 )
 
 

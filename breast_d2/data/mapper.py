@@ -95,7 +95,10 @@ class BreastMaskDatasetMapper(DatasetMapper):
         if mask_cfg.ENABLED and mask_cfg.SOURCE == "model":
             from breast_d2.segmentation.predict import BreastMaskPredictor
 
-            predictor = BreastMaskPredictor(mask_cfg.WEIGHTS, device="cpu")
+            # The mapper reads images in INPUT.FORMAT; the predictor must know the channel order.
+            predictor = BreastMaskPredictor(
+                mask_cfg.WEIGHTS, device="cpu", input_format=cfg.INPUT.FORMAT
+            )
         ret.update(
             mask_enabled=mask_cfg.ENABLED,
             mask_dir=mask_dir_from_config(cfg),

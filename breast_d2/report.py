@@ -1,0 +1,164 @@
+"""Markdown report of a demo / cross-validation job: segmentation table, FROC table, plots,
+example overlays. Reads only files that the tools wrote (froc.json, seg_table.md, slices)."""
+import json
+import logging
+import os
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from .visualize import case_montage
+
+__all__ = ["froc_table", "plot_froc_runs", "write_overlays", "write_report", "STUDY_SENS_AT_3_4"]
+
+logger = logging.getLogger(__name__)
+
+# The reference study's headline: mean sensitivity 0.874 at 3.4 false positives per case.
+STUDY_SENS_AT_3_4 = 0.874
+_RATES = ("0.125", "0.25", "0.5", "1", "2", "3.4", "4", "8")
+
+
+def _fmt(value) -> str:
+    return "–" if value is None or value != value else f"{value:.3f}"
+
+
+def froc_table(runs: Mapping[str, Mapping]) -> str:
+    """Markdown table, one row per run: sensitivity at each FP rate, CPM, 95% CI at 3.4."""
+    head = "| run | cases | masses | " + " | ".join(f"sens@{r}" for r in _RATES)
+    head += " | CPM | 95% CI sens@3.4 |\n"
+    head += "|---" * (len(_RATES) + 5) + "|\n"
+    rows = []
+    for name, res in runs.items():
+        sens = [_fmt(res["sensitivity_at"].get(r)) for r in _RATES]
+        ci = ((res.get("ci95") or {}).get("sensitivity_at") or {}).get("3.4")
+        ci_txt = f"{_fmt(ci[0])}–{_fmt(ci[1])}" if ci else "–"
+        rows.append(
+            f"| {name} | {res['num_cases']} | {res['num_lesions']} | " + " | ".join(sens)
+            + f" | {_fmt(res.get('cpm'))} | {ci_txt} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def plot_froc_runs(runs: Mapping[str, Mapping], path: str) -> None:
+    """All runs' FROC curves on one log-FP axis with the study's 0.874 @ 3.4 point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for i, (name, res) in enumerate(runs.items()):
+        fp = [1e-3] + list(res["curve"]["fp_per_case"]) + [64.0]
+        sens = [0.0] + list(res["curve"]["sensitivity"])
+        sens.append(sens[-1])
+        ax.step(fp, sens, where="post", color=f"C{i}", label=name)
+    ax.plot([3.4], [STUDY_SENS_AT_3_4], "k*", ms=10, label="study: 0.874 @ 3.4 FP/case")
+    ax.set(xscale="log", xlim=(0.1, 16), ylim=(0, 1.02), xlabel="false positives per case",
+           ylabel="sensitivity", title="FROC, validation cases")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _read_case_slices(data_root: str, case_id: str, num_slices: int, sub: str) -> np.ndarray:
+    paths = [os.path.join(data_root, sub, case_id, f"{z:04d}.png") for z in range(num_slices)]
+    flag = cv2.IMREAD_COLOR if sub == "slices" else cv2.IMREAD_GRAYSCALE
+    images = [cv2.imread(p, flag) for p in paths]
+    if any(im is None for im in images):
+        return None
+    stack = np.stack(images)
+    return stack[..., ::-1] if sub == "slices" else stack > 0
+
+
+def write_overlays(
+    froc_dir: str, data_root: str, out_dir: str, mask_dir: Optional[str] = None,
+    max_cases: int = 3, max_candidates: int = 5,
+) -> List[str]:
+    """Montages of validation cases with masses: GT (green), top candidates (amber), mask."""
+    with open(os.path.join(froc_dir, "candidates.json")) as f:
+        candidates = json.load(f)
+    with open(os.path.join(data_root, "cases.json")) as f:
+        cases = {c["case_id"]: c for c in json.load(f)["cases"]}
+    with open(os.path.join(froc_dir, "froc.json")) as f:
+        evaluated = json.load(f)["case_ids"]
+    written = []
+    for case_id in [c for c in evaluated if cases[c]["boxes"]][:max_cases]:
+        case = cases[case_id]
+        slices = _read_case_slices(data_root, case_id, case["shape"][2], "slices")
+        if slices is None:
+            continue
+        mask = None
+        if mask_dir:
+            mask = _read_case_slices(os.path.dirname(mask_dir), case_id, case["shape"][2],
+                                     os.path.basename(mask_dir))
+        top = sorted((c for c in candidates if c["case_id"] == case_id),
+                     key=lambda c: -c["score"])[:max_candidates]
+        montage = case_montage(slices, top, case["boxes"], mask=mask, max_panels=4)
+        path = os.path.join(out_dir, f"overlay_{case_id}.png")
+        cv2.imwrite(path, montage[..., ::-1])
+        written.append(path)
+    return written
+
+
+def write_report(
+    path: str,
+    title: str,
+    froc_runs: Mapping[str, str],
+    data_root: str,
+    seg_table: Optional[str] = None,
+    mask_dir: Optional[str] = None,
+    notes: Sequence[str] = (),
+    step_times: Optional[Mapping[str, float]] = None,
+) -> str:
+    """Write ``REPORT.md`` (and its figures beside it) and return its path.
+
+    Args:
+        path: the markdown file.
+        title: report title.
+        froc_runs: ``{run name: folder with froc.json, candidates.json}``; the first run's
+            cases get example overlays.
+        data_root: converted folder (for slices and ground truth).
+        seg_table: markdown of tools/eval_breast_seg.py (seg_table.md), if any.
+        mask_dir: masks used by the first run (drawn as outlines).
+        notes: extra paragraphs (what was run, what differs from the study).
+        step_times: seconds per step, listed at the end.
+    """
+    out_dir = os.path.dirname(os.path.abspath(path))
+    runs: Dict[str, Dict] = {}
+    for name, froc_dir in froc_runs.items():
+        with open(os.path.join(froc_dir, "froc.json")) as f:
+            runs[name] = json.load(f)
+    plot_froc_runs(runs, os.path.join(out_dir, "froc_runs.png"))
+    overlays = write_overlays(next(iter(froc_runs.values())), data_root, out_dir, mask_dir)
+    lines = [f"# {title}", ""]
+    lines += [n + "\n" for n in notes]
+    if seg_table:
+        lines += [seg_table, ""]  # tools/eval_breast_seg.py's table comes with its own heading
+    lines += [
+        "## Mass detection: FROC on whole validation cases",
+        "",
+        "Slice detections merged into 3D candidates; a candidate is a true positive when its 3D "
+        f"IoU with a mass is > 0.5. The study reports {STUDY_SENS_AT_3_4} at 3.4 FP per case "
+        "(real DCE-MRI, R101 pretrained on ImageNet, 5 folds).",
+        "",
+        froc_table(runs),
+        "![FROC curves](froc_runs.png)",
+        "",
+    ]
+    if overlays:
+        lines += ["## Examples (green: ground truth, amber: candidates with scores, blue: breast "
+                  "mask outline)", ""]
+        lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in overlays] + [""]
+    if step_times:
+        lines += ["## Steps", "", "| step | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in step_times.items()] + [""]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, path)
+    return path

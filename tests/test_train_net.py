@@ -1,0 +1,179 @@
+"""End to end on a tiny phantom: train_net (a few iterations), --eval-only FROC files,
+predict.py on a new case (output geometry = input geometry), pipeline resume."""
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from breast_d2.data.convert import convert_cohort
+from breast_d2.data.phantom import write_cohort
+from breast_d2.data.volumes import CaseGeometry
+from breast_d2.inference import box_to_physical, candidate_label_volume
+from breast_d2.pipeline import Step, StepFailed, run_steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools",
+                                                                               f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """Tiny cohort (6 cases, 96 x 96 x 16), converted with 3 folds, detector trained 4 iters."""
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        cohort, data, out = (os.path.join(tmp, d) for d in ("phantom", "coco", "out"))
+        write_cohort(cohort, 6, seed=3, matrix=96, slices=16)
+        convert_cohort(os.path.join(cohort, "IMAGES"), data, labels=os.path.join(cohort, "LABELS"),
+                       masks=os.path.join(cohort, "MASKS"), num_folds=3, seed=0)
+        train_net = _load_tool("train_net")
+        opts = ["OUTPUT_DIR", out, "INPUT.BREAST_MASK.SOURCE", "gt"]
+        args = train_net.argument_parser().parse_args(
+            ["--config-file", QUICK, "--fold", "0", "--data", data, *opts])
+        train_net.main(args)
+        yield {"tmp": tmp, "cohort": cohort, "data": data, "out": out, "train_net": train_net,
+               "opts": opts}
+
+
+def test_training_writes_a_checkpoint(trained):
+    fold_dir = os.path.join(trained["out"], "fold0")
+    assert os.path.isfile(os.path.join(fold_dir, "model_final.pth"))
+    with open(os.path.join(fold_dir, "metrics.json")) as f:
+        records = [json.loads(line) for line in f]
+    losses = [r["total_loss"] for r in records if "total_loss" in r]
+    assert losses and all(np.isfinite(losses))
+    # The end-of-training evaluation (DefaultTrainer's EvalHook) logged the FROC numbers too.
+    assert any("froc/sens@3.4" in r for r in records)
+
+
+def test_eval_only_writes_froc_files(trained):
+    weights = os.path.join(trained["out"], "fold0", "model_final.pth")
+    train_net = trained["train_net"]
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", QUICK, "--fold", "0", "--data", trained["data"], "--eval-only",
+         *trained["opts"], "MODEL.WEIGHTS", weights])
+    results = train_net.main(args)
+    assert set(results["froc"]) >= {"sens@1", "sens@3.4", "cpm"}
+    inference = os.path.join(trained["out"], "fold0", "inference", "breast_fold0_val")
+    with open(os.path.join(inference, "froc.json")) as f:
+        froc = json.load(f)
+    with open(os.path.join(trained["data"], "splits.json")) as f:
+        val_cases = json.load(f)["folds"][0]["val"]
+    assert sorted(froc["case_ids"]) == sorted(val_cases)  # whole validation cases, no others
+    for name in ("froc.csv", "froc.png", "candidates.json", "detections.json"):
+        assert os.path.getsize(os.path.join(inference, name)) > 0
+    with open(os.path.join(inference, "detections.json")) as f:
+        detections = json.load(f)
+    assert {d["case_id"] for d in detections} <= set(val_cases)
+    assert "bbox" in results  # COCO AP as the secondary number
+
+
+def _write_rotated_case(src_dir, case_id, dst_dir):
+    """Copy a phantom case with an origin and a non-identity direction (LPS-like flips)."""
+    os.makedirs(dst_dir)
+    for name in sorted(os.listdir(src_dir)):
+        image = sitk.ReadImage(os.path.join(src_dir, name))
+        image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+        image.SetOrigin((12.5, -40.0, 7.0))
+        sitk.WriteImage(image, os.path.join(dst_dir, name))
+
+
+def test_predict_output_geometry_matches_input(trained):
+    from breast_d2.segmentation.models import build_model
+
+    case_id = sorted(os.listdir(os.path.join(trained["cohort"], "IMAGES")))[0]
+    case_dir = os.path.join(trained["tmp"], "newcase", case_id)
+    _write_rotated_case(os.path.join(trained["cohort"], "IMAGES", case_id), case_id, case_dir)
+    seg = build_model("unet", "resnet18", encoder_depth=3, decoder_channels=[16, 8, 8])
+    seg_weights = os.path.join(trained["tmp"], "seg.pth")
+    torch.save({"arch": "unet", "encoder": "resnet18", "in_channels": 3, "model": seg.state_dict(),
+                "fold": 0, "train_cases": [], "input_size": 0,
+                "model_kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+                "deep_supervision": False}, seg_weights)
+    out = os.path.join(trained["tmp"], "pred")
+    predict = _load_tool("predict")
+    predict.main(predict.parse_args([
+        "--config-file", QUICK, "--weights", os.path.join(trained["out"], "fold0",
+                                                          "model_final.pth"),
+        "--seg-weights", seg_weights, "--images", case_dir, "--out", out]))
+    reference = sitk.ReadImage(os.path.join(case_dir, f"{case_id}_0000.nii.gz"))
+    labels = sitk.ReadImage(os.path.join(out, "candidates.nii.gz"))
+    assert labels.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(labels.GetSpacing(), reference.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(labels.GetOrigin(), reference.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(labels.GetDirection(), reference.GetDirection(), atol=1e-6)
+    with open(os.path.join(out, "candidates.json")) as f:
+        candidates = json.load(f)
+    for c in candidates:
+        assert {"case_id", "box", "score", "slices", "box_mm", "center_mm"} <= set(c)
+    assert os.path.getsize(os.path.join(out, "overlay.png")) > 0
+
+
+def test_predict_refuses_masked_model_without_segmentation(trained, capsys):
+    predict = _load_tool("predict")
+    case_dir = os.path.join(trained["cohort"], "IMAGES", "PH0000")
+    weights = os.path.join(trained["out"], "fold0", "model_final.pth")
+    args = predict.parse_args(["--config-file", QUICK, "--weights", weights, "--images",
+                               case_dir, "--out", os.path.join(trained["tmp"], "p2")])
+    with pytest.raises(ValueError, match="--seg-weights"):
+        predict.main(args)
+
+
+def test_box_to_physical_agrees_with_simpleitk():
+    image = sitk.Image(20, 30, 10, sitk.sitkUInt8)
+    image.SetSpacing((0.7, 0.8, 2.0))
+    image.SetOrigin((10.0, -5.0, 3.0))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))  # rotated in-plane
+    geometry = CaseGeometry.from_image(image)
+    box = [2, 3, 1, 6, 9, 4]
+    phys = box_to_physical(box, geometry)
+    corners = [image.TransformContinuousIndexToPhysicalPoint((x - 0.5, y - 0.5, z - 0.5))
+               for x in (2, 6) for y in (3, 9) for z in (1, 4)]
+    np.testing.assert_allclose(phys["box_mm"][:3], np.min(corners, 0), atol=1e-3)
+    np.testing.assert_allclose(phys["box_mm"][3:], np.max(corners, 0), atol=1e-3)
+    centre = image.TransformContinuousIndexToPhysicalPoint((3.5, 5.5, 2.0))
+    np.testing.assert_allclose(phys["center_mm"], centre, atol=1e-3)
+
+
+def test_candidate_label_volume_paints_best_last():
+    cands = [{"box": [0, 0, 0, 4, 4, 2], "score": 0.9}, {"box": [2, 2, 1, 6, 6, 3], "score": 0.5}]
+    volume = candidate_label_volume(cands, (3, 8, 8))
+    assert volume[1, 3, 3] == 1  # overlap goes to the higher score
+    assert volume[2, 5, 5] == 2 and volume[0, 7, 7] == 0
+
+
+def test_run_steps_resumes_and_reports_failures(tmp_path):
+    log = tmp_path / "ran.txt"
+    touch = [sys.executable, "-c", f"open({str(log)!r}, 'a').write('x')"]
+    steps = [Step("first", touch), Step("second", touch)]
+    run_steps(steps, str(tmp_path))
+    run_steps(steps, str(tmp_path))  # both marked done: nothing runs again
+    assert log.read_text() == "xx"
+    with pytest.raises(StepFailed, match="step 'boom' failed"):
+        run_steps([Step("boom", [sys.executable, "-c", "raise SystemExit(3)"])], str(tmp_path))
+
+
+def test_cross_validation_steps_are_fold_correct():
+    cv = _load_tool("cross_validate")
+    args = cv.parse_args(["--config-file", QUICK, "--data", "D", "--folds", "0,2", "--out", "O"])
+    steps = cv.build_steps(args)
+    names = [s.name for s in steps]
+    assert names[0] == "segmentation unetplusplus fold0" and names[-1] == "cross-fold FROC report"
+    masks = [s for s in steps if s.name == "breast masks fold2"][0].command
+    assert masks[masks.index("--weights") + 1].endswith(os.path.join("unetplusplus_fold2",
+                                                                     "model_last.pth"))
+    evaluate = [s for s in steps if s.name == "evaluate detector fold2"][0].command
+    assert "--eval-only" in evaluate and evaluate[evaluate.index("--fold") + 1] == "2"
