@@ -37,11 +37,11 @@ from breast_d2.segmentation import (
 from breast_d2.segmentation.data import load_case_gt, load_case_images, load_fold
 
 
-def throughput(arch, encoder, size, batch, repeats):
+def throughput(arch, encoder, size, batch, repeats, device="cpu"):
     model = build_model(arch, encoder)
     ckpt = {"arch": arch, "encoder": encoder, "model": model.state_dict(), "train_cases": [],
             "input_size": size}
-    pred = BreastMaskPredictor(ckpt, batch_size=batch)
+    pred = BreastMaskPredictor(ckpt, device=device, batch_size=batch)
     images = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
     pred.predict_proba(images)  # warm-up
     t0 = time.perf_counter()
@@ -90,6 +90,7 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device for the throughput part")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--cv-data", default="")
     p.add_argument("--folds", type=int, nargs="*", default=None)
@@ -103,12 +104,13 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if not args.skip_throughput:
-        print(f"| arch | encoder | input | batch | threads | slices/s |\n|---|---|---|---|---|---|")
+        print("| arch | encoder | input | batch | device | threads | slices/s |")
+        print("|---|---|---|---|---|---|---|")
         for size in args.sizes:
             for arch in args.archs:
-                sps = throughput(arch, args.encoder, size, args.batch, args.repeats)
+                sps = throughput(arch, args.encoder, size, args.batch, args.repeats, args.device)
                 print(f"| {arch} | {args.encoder} | {size}x{size} | {args.batch} | "
-                      f"{args.threads} | {sps:.2f} |", flush=True)
+                      f"{args.device} | {args.threads} | {sps:.2f} |", flush=True)
     if args.cv_data:
         print(cross_validate(args))
 

@@ -12,7 +12,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
-from breast_d2 import add_breast_config
+from breast_d2.config import add_breast_config
 from breast_d2.data import BreastMaskDatasetMapper, load_breast_json, register_breast_folds
 from breast_d2.data.mapper import dilate_mask_mm
 

@@ -1,6 +1,5 @@
 """End to end on a tiny phantom: train_net (a few iterations), --eval-only FROC files,
 predict.py on a new case (output geometry = input geometry), pipeline resume."""
-import argparse
 import importlib.util
 import json
 import os

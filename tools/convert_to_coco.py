@@ -15,18 +15,13 @@ import argparse
 import logging
 import sys
 
+from breast_d2.cli import OneLineErrorParser
 from breast_d2.data.convert import convert_cohort
 from breast_d2.data.volumes import CohortError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block, like every other error of this tool
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(2)
-
-
 def get_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", required=True, help="IMAGES folder, one sub-folder per case")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--boxes", help="Duke Annotation_Boxes CSV (1-based, inclusive)")

@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--seg-epochs", type=int, default=8, help="segmentation epochs (study: 50)")
-    p.add_argument("--det-iters", type=int, default=900, help="detector iterations")
+    p.add_argument("--det-iters", type=int, default=700, help="detector iterations")
     p.add_argument("--no-ablation", action="store_true", help="skip the unmasked detector")
     return p.parse_args(argv)
 
@@ -78,7 +78,9 @@ def build_steps(args):
     steps.append(Step(f"breast masks fold{fold}", tool_command(
         "predict_breast_masks", "--data", data, "--fold", fold,
         "--weights", os.path.join(seg_dir.format(arch="unetplusplus", fold=fold), "model_last.pth"),
-        "--resume")))
+        # Validation cases get model masks; training cases (positive slices only, where the
+        # masses are inside the breast anyway) copy GT masks to save CPU time.
+        "--source", "gt", "--resume")))
     det_opts = ["SOLVER.MAX_ITER", args.det_iters,
                 "SOLVER.STEPS", f"({int(args.det_iters * 0.8)},)"]
     steps += detection_steps(DEMO_CONFIG, data, fold, os.path.join(out, "det_masked"),

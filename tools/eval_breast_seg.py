@@ -22,6 +22,7 @@ import sys
 
 import torch
 
+from breast_d2.cli import OneLineErrorParser, fail
 from breast_d2.segmentation import (
     ARCH_LABELS,
     BreastMaskPredictor,
@@ -37,19 +38,8 @@ from breast_d2.segmentation import (
 from breast_d2.segmentation.data import load_case_gt, load_case_images, load_cases
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(2)
-
-
-def _fail(message: str) -> None:
-    sys.stderr.write(f"error: {message}\n")
-    sys.exit(2)
-
-
 def parse_args(argv=None):
-    p = _Parser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+    p = OneLineErrorParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="converted folder")
     p.add_argument("--run", action="append", required=True, metavar="NAME=PATH")
@@ -78,12 +68,12 @@ def resolve_checkpoint(path: str, fold: int, which: str) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not all(os.path.isfile(os.path.join(args.data, f)) for f in ("cases.json", "splits.json")):
-        _fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
+        fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
     runs = []
     for spec in args.run:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            _fail(f"--run must be NAME=PATH, got {spec!r}")
+            fail(f"--run must be NAME=PATH, got {spec!r}")
         runs.append((name, path))
     with open(os.path.join(args.data, "splits.json")) as f:
         folds = args.folds if args.folds else [int(e["fold"]) for e in json.load(f)["folds"]]
@@ -93,16 +83,16 @@ def main(argv=None) -> int:
             try:
                 _, val_ids = load_fold(args.data, fold)
             except ValueError as e:
-                _fail(str(e))
+                fail(str(e))
             ckpt_path = resolve_checkpoint(path, fold, args.checkpoint)
             if not os.path.isfile(ckpt_path):
-                _fail(f"run {name} fold {fold}: no checkpoint {ckpt_path}")
+                fail(f"run {name} fold {fold}: no checkpoint {ckpt_path}")
             try:
                 check_no_fold_leak(load_checkpoint(ckpt_path)["train_cases"], val_ids, fold)
             except FoldLeakError as e:
-                _fail(f"run {name} fold {fold} ({ckpt_path}): {e}")
+                fail(f"run {name} fold {fold} ({ckpt_path}): {e}")
             except ValueError as e:
-                _fail(str(e))
+                fail(str(e))
             checkpoints[name, fold] = (ckpt_path, val_ids)
     if args.threads > 0:
         torch.set_num_threads(args.threads)

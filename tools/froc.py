@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 
+from breast_d2.cli import OneLineErrorParser
 from breast_d2.evaluation.froc import (
     FROCInputError,
     compute_froc,
@@ -39,14 +40,8 @@ from breast_d2.evaluation.froc import (
 from breast_d2.evaluation.plots import plot_folds
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block, like every other error of this tool
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(2)
-
-
 def get_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     parser.add_argument("--candidates", help="candidates JSON (single run)")
     parser.add_argument("--ground-truth", help="the converter's cases.json")
     parser.add_argument("--folds", nargs="+", metavar="DIR", help="fold output folders")

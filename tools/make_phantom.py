@@ -18,17 +18,12 @@ import time
 
 from tqdm import tqdm
 
+from breast_d2.cli import OneLineErrorParser
 from breast_d2.data.phantom import write_cohort
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block, like every other error of this tool
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(2)
-
-
 def get_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="cohort folder (new, empty, or to resume)")
     parser.add_argument("--cases", type=int, required=True, help="number of cases")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed")

@@ -17,22 +17,12 @@ import sys
 
 import torch
 
+from breast_d2.cli import OneLineErrorParser, fail
 from breast_d2.segmentation import FoldLeakError, load_fold, write_fold_masks
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(2)
-
-
-def _fail(message: str) -> None:
-    sys.stderr.write(f"error: {message}\n")
-    sys.exit(2)
-
-
 def parse_args(argv=None):
-    p = _Parser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+    p = OneLineErrorParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="converted folder")
     p.add_argument("--fold", type=int, required=True)
@@ -52,15 +42,15 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not all(os.path.isfile(os.path.join(args.data, f)) for f in ("cases.json", "splits.json")):
-        _fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
+        fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
     if not os.path.isfile(args.weights):
-        _fail(f"no checkpoint {args.weights}")
+        fail(f"no checkpoint {args.weights}")
     if args.dilate_mm < 0 or args.batch_size < 1:
-        _fail("--dilate-mm must be >= 0 and --batch-size >= 1")
+        fail("--dilate-mm must be >= 0 and --batch-size >= 1")
     try:
         load_fold(args.data, args.fold)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
@@ -71,9 +61,9 @@ def main(argv=None) -> int:
             min_component_fraction=args.min_component_fraction,
         )
     except FoldLeakError as e:
-        _fail(f"refusing to write fold {args.fold} masks: {e}")
+        fail(f"refusing to write fold {args.fold} masks: {e}")
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     out = os.path.join(args.data, "masks", f"fold{args.fold}")
     print(f"wrote {len(manifest['cases'])} cases to {out}")
     return 0

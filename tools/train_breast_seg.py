@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from breast_d2.cli import OneLineErrorParser, fail
 from breast_d2.segmentation import ARCHS, SegTrainConfig, load_fold, train_segmentation
 
 EPILOG = """\
@@ -26,19 +27,8 @@ the study evaluated the last epoch), metrics.json and log.txt.
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(2)
-
-
-def _fail(message: str) -> None:
-    sys.stderr.write(f"error: {message}\n")
-    sys.exit(2)
-
-
 def parse_args(argv=None):
-    p = _Parser(description=__doc__.split("\n")[0], epilog=EPILOG,
+    p = OneLineErrorParser(description=__doc__.split("\n")[0], epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="converted folder (tools/convert_to_coco.py)")
     p.add_argument("--fold", type=int, required=True, help="fold K of splits.json")
@@ -69,15 +59,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     for name in ("epochs", "batch_size", "label_every", "val_stride"):
         if getattr(args, name) < 1:
-            _fail(f"--{name.replace('_', '-')} must be >= 1")
+            fail(f"--{name.replace('_', '-')} must be >= 1")
     if args.input_size < 0 or args.input_size % 32:
-        _fail(f"--input-size must be 0 or a multiple of 32, got {args.input_size}")
+        fail(f"--input-size must be 0 or a multiple of 32, got {args.input_size}")
     if not all(os.path.isfile(os.path.join(args.data, f)) for f in ("cases.json", "splits.json")):
-        _fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
+        fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
     try:
         load_fold(args.data, args.fold)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     model_kwargs = {}
     if args.encoder_depth != 5:
         model_kwargs["encoder_depth"] = args.encoder_depth
@@ -85,14 +75,14 @@ def main(argv=None) -> int:
         try:
             model_kwargs["decoder_channels"] = [int(c) for c in args.decoder_channels.split(",")]
         except ValueError:
-            _fail(f"--decoder-channels must be integers, got {args.decoder_channels!r}")
+            fail(f"--decoder-channels must be integers, got {args.decoder_channels!r}")
     elif args.encoder_depth != 5:  # SMP needs one decoder width per stage
         model_kwargs["decoder_channels"] = [256, 128, 64, 32, 16][-args.encoder_depth :]
     resume = args.resume
     if resume == "auto":
         resume = os.path.join(args.out, "model_last.pth")
     if resume and not os.path.isfile(resume):
-        _fail(f"--resume: no checkpoint {resume}")
+        fail(f"--resume: no checkpoint {resume}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -108,7 +98,7 @@ def main(argv=None) -> int:
     try:
         result = train_segmentation(args.data, args.fold, args.out, cfg, resume=resume)
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     print(json.dumps({k: result[k] for k in ("epoch", "best_dsc", "last_dsc")}))
     return 0
 

@@ -14,12 +14,11 @@ OUTPUT_DIR/fold{K}/inference/). Multi-GPU / multi-machine through detectron2's `
 import logging
 import sys
 
-import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 
-from breast_d2 import add_breast_config
+from breast_d2.config import add_breast_config
 from breast_d2.engine import (
     WeightsUnavailableError,
     apply_epoch_schedule,

@@ -44,6 +44,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from .volumes import DUKE_COLUMNS
+
 __all__ = [
     "GENERATOR_VERSION",
     "TISSUES",
@@ -62,15 +64,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1.0"
-BOXES_CSV_HEADER = (
-    "Patient ID",
-    "Start Row",
-    "End Row",
-    "Start Column",
-    "End Column",
-    "Start Slice",
-    "End Slice",
-)
+BOXES_CSV_HEADER = DUKE_COLUMNS  # the Duke Annotation_Boxes columns the converter reads
 # Tissue classes of PhantomCase.tissue (uint8 values).
 TISSUES = (
     "air",

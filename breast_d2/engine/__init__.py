@@ -9,4 +9,13 @@ from .defaults import (
 )
 from .weights import WeightsUnavailableError, resolve_weights
 
-__all__ = [k for k in globals().keys() if not k.startswith("_")]
+__all__ = [
+    "apply_epoch_schedule",
+    "build_breast_evaluator",
+    "build_breast_test_loader",
+    "build_breast_train_loader",
+    "configure_fold",
+    "train_dataset_dicts",
+    "WeightsUnavailableError",
+    "resolve_weights",
+]

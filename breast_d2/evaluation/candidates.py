@@ -16,7 +16,7 @@ import itertools
 import logging
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 from scipy.sparse import coo_matrix

@@ -4,7 +4,6 @@ Only adapts detectron2's inputs/outputs; the maths live in ``candidates.py`` and
 """
 import itertools
 import logging
-import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
