@@ -176,3 +176,23 @@ def test_cross_validation_steps_are_fold_correct():
                                                                      "model_last.pth"))
     evaluate = [s for s in steps if s.name == "evaluate detector fold2"][0].command
     assert "--eval-only" in evaluate and evaluate[evaluate.index("--fold") + 1] == "2"
+
+
+def test_unreachable_weights_stop_training_setup_with_advice(trained):
+    train_net = trained["train_net"]
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", QUICK, "--fold", "0", "--data", trained["data"], *trained["opts"],
+         "MODEL.WEIGHTS", "http://127.0.0.1:9/R-101.pkl"])
+    from breast_d2.engine import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError, match="MODEL.WEIGHTS /path/to/R-101.pkl"):
+        train_net.setup(args)
+
+
+def test_missing_fold_masks_are_a_clear_error(trained):
+    train_net = trained["train_net"]
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", QUICK, "--fold", "1", "--data", trained["data"], "OUTPUT_DIR",
+         os.path.join(trained["tmp"], "nomask")])  # cached fold1 masks were never written
+    with pytest.raises(FileNotFoundError, match="predict_breast_masks"):
+        train_net.main(args)
