@@ -14,7 +14,7 @@ from detectron2.structures import BoxMode
 
 from breast_d2.config import add_breast_config
 from breast_d2.data import BreastMaskDatasetMapper, load_breast_json, register_breast_folds
-from breast_d2.data.mapper import dilate_mask_mm
+from breast_d2.data.mapper import apply_mask, dilate_mask_mm
 
 H, W = 48, 64
 BREAST = (slice(4, 30), slice(6, 40))  # rows, cols of the breast mask
@@ -161,3 +161,29 @@ def test_dilate_mask_mm_uses_spacing():
 def test_load_breast_json_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="convert_to_coco"):
         load_breast_json(str(tmp_path / "fold0_train.json"), str(tmp_path))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("reversed_view", [False, True])
+def test_apply_mask_equals_multiplication(channels, reversed_view):
+    rng = np.random.default_rng(channels)
+    image = rng.integers(0, 256, (17, 23, channels), dtype=np.uint8)
+    if reversed_view:
+        image = image[:, :, ::-1]  # what read_image(..., "BGR") returns
+    mask = (rng.random((17, 23)) > 0.4).astype(np.uint8)
+    np.testing.assert_array_equal(apply_mask(image, mask), image * mask[:, :, None])
+
+
+def test_trainer_mapper_does_not_carry_the_mask(cohort):
+    cfg = get_cfg()
+    add_breast_config(cfg)
+    cfg.DATASETS.BREAST_ROOT = cohort
+    cfg.INPUT.BREAST_MASK.ENABLED = True
+    cfg.INPUT.BREAST_MASK.SOURCE = "gt"
+    cfg.INPUT.RANDOM_FLIP = "none"
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (H,), W  # keep the slice's size
+    out = BreastMaskDatasetMapper(cfg, True)(DatasetCatalog.get("maptest_fold0_train")[1])
+    assert "breast_mask" not in out
+    image = out["image"].numpy().transpose(1, 2, 0)
+    assert image.shape == (H, W, 3)
+    assert image[ORGAN].max() == 0 and image[BREAST].min() > 0  # masked all the same
