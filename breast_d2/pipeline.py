@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import Callable, List, Sequence
 
 __all__ = [
     "REPO_ROOT",
@@ -24,6 +24,7 @@ __all__ = [
     "segmentation_steps",
     "detection_steps",
     "fold_froc_dir",
+    "run_job_cli",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,3 +115,13 @@ def detection_steps(
             tool_command("train_net", *base, "--eval-only", *common, "MODEL.WEIGHTS", weights),
         ),
     ]
+
+
+def run_job_cli(main: Callable[[], None]) -> None:
+    """Entry point of a job tool: INFO logging; a failed step exits 1 with a one-line error."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        main()
+    except StepFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -196,3 +196,15 @@ def test_missing_fold_masks_are_a_clear_error(trained):
          os.path.join(trained["tmp"], "nomask")])  # cached fold1 masks were never written
     with pytest.raises(FileNotFoundError, match="predict_breast_masks"):
         train_net.main(args)
+
+
+def test_job_cli_turns_a_failed_step_into_one_line(capsys):
+    from breast_d2.pipeline import run_job_cli
+
+    def failing_job():
+        raise StepFailed("step 'x' failed (exit 3): cmd")
+
+    with pytest.raises(SystemExit) as e:
+        run_job_cli(failing_job)
+    assert e.value.code == 1
+    assert capsys.readouterr().err == "error: step 'x' failed (exit 3): cmd\n"

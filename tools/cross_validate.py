@@ -12,21 +12,17 @@ mean +- sd of sensitivity at 3.4 FP per case and CPM) next to the study's 0.874 
 Rerunning skips finished steps and resumes an interrupted training.
 """
 import argparse
-import logging
 import os
-import sys
 
 from breast_d2.pipeline import (
     Step,
-    StepFailed,
     detection_steps,
     fold_froc_dir,
+    run_job_cli,
     run_steps,
     segmentation_steps,
     tool_command,
 )
-
-logger = logging.getLogger("breast_d2")
 
 
 def parse_args(argv=None):
@@ -79,9 +75,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        main(parse_args())
-    except StepFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_job_cli(lambda: main(parse_args()))

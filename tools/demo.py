@@ -15,23 +15,19 @@ Rerunning skips finished steps (markers in OUT/.steps); delete OUT to start over
 """
 import argparse
 import json
-import logging
 import os
-import sys
 
 from breast_d2.pipeline import (
     REPO_ROOT,
     Step,
-    StepFailed,
     detection_steps,
     fold_froc_dir,
+    run_job_cli,
     run_steps,
     segmentation_steps,
     tool_command,
 )
 from breast_d2.report import write_report
-
-logger = logging.getLogger("breast_d2")
 
 DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "frcnn_cpu_demo.yaml")
 
@@ -139,9 +135,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        main(parse_args())
-    except StepFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_job_cli(lambda: main(parse_args()))
