@@ -268,12 +268,7 @@ def _nifti_phase_sources(case_dir: str, case_id: str) -> List[_PhaseSource]:
 
 
 def _dicom_series_number(path: str, case_id: str) -> int:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise CohortError(f"case {case_id}: unreadable DICOM file {path}: {_one_line(e)}") from None
+    reader = _file_info(path, case_id, kind="DICOM")
     if not reader.HasMetaDataKey("0020|0011"):
         raise CohortError(f"case {case_id}: DICOM file {path} has no SeriesNumber (0020,0011)")
     value = reader.GetMetaData("0020|0011").strip()
@@ -332,13 +327,14 @@ def _file_phase_sources(paths: Sequence[PathLike], case_id: str) -> List[_PhaseS
     return sources
 
 
-def _file_info(path: str, case_id: str) -> sitk.ImageFileReader:
+def _file_info(path: str, case_id: str, kind: str = "image") -> sitk.ImageFileReader:
+    """A reader holding the header of ``path``; unreadable -> CohortError naming ``kind``."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise CohortError(f"case {case_id}: unreadable image file {path}: {_one_line(e)}") from None
+        raise CohortError(f"case {case_id}: unreadable {kind} file {path}: {_one_line(e)}") from None
     return reader
 
 
