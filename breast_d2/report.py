@@ -8,6 +8,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import cv2
 import numpy as np
 
+from .utils import atomic_path, write_atomic
 from .visualize import case_montage
 
 __all__ = ["froc_table", "plot_froc_runs", "write_overlays", "write_report", "STUDY_SENS_AT_3_4"]
@@ -59,10 +60,9 @@ def plot_froc_runs(runs: Mapping[str, Mapping], path: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _read_case_slices(data_root: str, case_id: str, num_slices: int, sub: str) -> np.ndarray:
@@ -100,7 +100,8 @@ def write_overlays(
                      key=lambda c: -c["score"])[:max_candidates]
         montage = case_montage(slices, top, case["boxes"], mask=mask, max_panels=4)
         path = os.path.join(out_dir, f"overlay_{case_id}.png")
-        cv2.imwrite(path, montage[..., ::-1])
+        with atomic_path(path) as tmp:
+            cv2.imwrite(tmp, montage[..., ::-1])
         written.append(path)
     return written
 
@@ -157,8 +158,5 @@ def write_report(
     if step_times:
         lines += ["## Steps", "", "| step | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in step_times.items()] + [""]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write("\n".join(lines)))
     return path

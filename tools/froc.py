@@ -38,6 +38,7 @@ from breast_d2.evaluation.froc import (
     write_json_atomic,
 )
 from breast_d2.evaluation.plots import plot_folds
+from breast_d2.utils import write_atomic
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -104,9 +105,7 @@ def run_folds(args) -> str:
     )
     table = format_folds_table(agg)
     write_json_atomic(os.path.join(args.out, "froc_folds.json"), agg, indent=1)
-    with open(os.path.join(args.out, "froc_folds.md.tmp"), "w") as f:
-        f.write(table + "\n")
-    os.replace(os.path.join(args.out, "froc_folds.md.tmp"), os.path.join(args.out, "froc_folds.md"))
+    write_atomic(os.path.join(args.out, "froc_folds.md"), lambda f: f.write(table + "\n"))
     plot_folds(agg, os.path.join(args.out, "froc_folds.png"))
     return table
 

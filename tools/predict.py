@@ -15,10 +15,8 @@ series folder per phase) or the phase files in order (pre-contrast first). Write
   detections.json   the slice detections before merging
 """
 import argparse
-import json
 import os
 import sys
-import tempfile
 
 import cv2
 import SimpleITK as sitk
@@ -29,28 +27,8 @@ from breast_d2.config import add_breast_config
 from breast_d2.data.volumes import CohortError
 from breast_d2.engine import WeightsUnavailableError, resolve_weights
 from breast_d2.inference import CaseDetector, candidate_label_volume
+from breast_d2.utils import atomic_path, write_json_atomic
 from breast_d2.visualize import case_montage
-
-
-def _write_atomic(path, write):
-    # The temp name ends with the target's name, so writers that pick the format by extension work.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_json(path, obj):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-
-    _write_atomic(path, write)
 
 
 def parse_args(argv=None):
@@ -84,14 +62,14 @@ def main(args):
                             args.batch_size)
     result = detector(src, case_id)
     os.makedirs(args.out, exist_ok=True)
-    _write_json(os.path.join(args.out, "detections.json"), result.detections)
-    _write_json(os.path.join(args.out, "candidates.json"), result.candidates)
+    write_json_atomic(os.path.join(args.out, "detections.json"), result.detections, indent=1)
+    write_json_atomic(os.path.join(args.out, "candidates.json"), result.candidates, indent=1)
     labels = candidate_label_volume(result.candidates, result.geometry.shape_zyx)
-    _write_atomic(os.path.join(args.out, "candidates.nii.gz"),
-                  lambda tmp: sitk.WriteImage(result.geometry.to_image(labels), tmp))
+    with atomic_path(os.path.join(args.out, "candidates.nii.gz")) as tmp:
+        sitk.WriteImage(result.geometry.to_image(labels), tmp)
     montage = case_montage(result.slices_rgb, result.candidates[:8], mask=result.breast_mask)
-    _write_atomic(os.path.join(args.out, "overlay.png"),
-                  lambda tmp: cv2.imwrite(tmp, montage[..., ::-1]))
+    with atomic_path(os.path.join(args.out, "overlay.png")) as tmp:
+        cv2.imwrite(tmp, montage[..., ::-1])
     print(f"{case_id}: {len(result.candidates)} candidates "
           f"(top score {result.candidates[0]['score']:.3f})" if result.candidates
           else f"{case_id}: no candidates")

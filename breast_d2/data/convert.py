@@ -27,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from ..utils import write_json_atomic
 from .volumes import (
     NIFTI_SUFFIXES,
     CaseGeometry,
@@ -116,20 +117,6 @@ def make_folds(lesion_counts: Mapping[str, int], num_folds: int, seed: int) -> L
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def _write_json(path: str, obj) -> None:
-    """Write JSON atomically: temporary file in the same folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                               dir=os.path.dirname(path))  # fmt: skip
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _write_png(path: str, array: np.ndarray) -> None:
@@ -281,7 +268,7 @@ def _commit_case(job: _CaseJob, tmp: str, record: dict) -> None:
     for dst in (slices_dst, masks_dst):
         if os.path.isdir(dst):  # our own leftover of an unfinished or outdated conversion
             shutil.rmtree(dst)
-    _write_json(os.path.join(tmp, "record.json"), record)
+    write_json_atomic(os.path.join(tmp, "record.json"), record)
     if job.mask_path is not None:
         os.makedirs(os.path.dirname(masks_dst), exist_ok=True)
         os.rename(os.path.join(tmp, "masks"), masks_dst)
@@ -447,9 +434,9 @@ def _write_outputs(out: str, records: List[dict], num_folds: int, seed: int) -> 
         splits["folds"].append({"fold": k, "train": train, "val": val})
         for split, ids in (("train", train), ("val", val)):
             coco = _coco_file(entries, ids, f"fold {k} {split}")
-            _write_json(os.path.join(out, f"fold{k}_{split}.json"), coco)
-    _write_json(os.path.join(out, "splits.json"), splits)
-    _write_json(os.path.join(out, "cases.json"), {"cases": cases})
+            write_json_atomic(os.path.join(out, f"fold{k}_{split}.json"), coco)
+    write_json_atomic(os.path.join(out, "splits.json"), splits)
+    write_json_atomic(os.path.join(out, "cases.json"), {"cases": cases})
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -28,11 +28,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..utils import write_atomic, write_json_atomic
 from .candidates import CandidateArrays, FROCInputError, _pairs_chunked
 
 __all__ = [
@@ -740,40 +740,6 @@ def load_cases_json(path: str) -> List[Dict[str, Any]]:
     return data["cases"]
 
 
-def _jsonable(obj: Any) -> Any:
-    """Replace NaN/inf by None (strict JSON) and NumPy scalars by Python ones."""
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def _write_atomic(path: str, write, mode: str = "w") -> None:
-    """Write via a temporary file in the same folder and ``os.replace`` (never half-written)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json_atomic(path: str, obj: Any, indent: Optional[int] = None) -> None:
-    """Write ``obj`` as strict JSON (NaN -> null) to ``path`` atomically."""
-    data = _jsonable(obj)
-    _write_atomic(path, lambda f: json.dump(data, f, indent=indent, allow_nan=False))
-
-
 def save_froc(
     result: Mapping[str, Any],
     output_dir: str,
@@ -789,7 +755,7 @@ def save_froc(
     """
     paths = [os.path.join(output_dir, n) for n in ("froc.json", "froc.csv")]
     write_json_atomic(paths[0], result, indent=1)
-    _write_atomic(paths[1], lambda f: f.write(_curve_csv(result["curve"])))
+    write_atomic(paths[1], lambda f: f.write(_curve_csv(result["curve"])))
     if plot:
         from .plots import plot_froc  # matplotlib only when a figure is wanted
 

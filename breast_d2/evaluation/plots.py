@@ -1,12 +1,12 @@
 """FROC figures (matplotlib's object API with the Agg canvas: no pyplot, no global backend)."""
 import logging
-import os
-import tempfile
 from typing import Any, Mapping, Optional
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ..utils import atomic_path
 
 __all__ = ["plot_froc", "plot_folds"]
 
@@ -52,17 +52,8 @@ def _mark(ax, fp: float, sens: Optional[float], color: str) -> None:
 
 def _save(fig: Figure, path: str) -> None:
     """Save atomically (temporary file + os.replace)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def plot_froc(result: Mapping[str, Any], path: str) -> None:

@@ -28,6 +28,7 @@ from .data import (
     load_fold,
     unletterbox,
 )
+from ..utils import write_json_atomic
 from .models import build_model_from_checkpoint
 from .postprocess import dilate_mm, postprocess_mask
 
@@ -219,13 +220,6 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _write_case_atomic(fold_dir: str, case_id: str, zs: Sequence[int], masks: np.ndarray) -> None:
     """Write ``<case_id>/<z:04d>.png`` into a temp folder, then swap it in (never half-written)."""
     tmp = tempfile.mkdtemp(dir=fold_dir, prefix=f".tmp-{case_id}-")
@@ -343,7 +337,7 @@ def write_fold_masks(
             masks = dilate_mm(load_case_gt(data_root, case_id, zs), dilation_mm, spacing)
         _write_case_atomic(fold_dir, case_id, zs, masks)
         manifest["cases"][case_id] = {"role": role, "source": case_source, "slices": len(zs)}
-        _write_json_atomic(manifest_path, manifest)
+        write_json_atomic(manifest_path, manifest, indent=2)
         logger.info("fold%d %s (%s): %d slices from %s", fold, case_id, role, len(zs), case_source)
     return manifest
 

@@ -1,0 +1,60 @@
+"""Atomic file writing shared by the library and the tools: nothing is ever half-written."""
+import contextlib
+import json
+import math
+import os
+import tempfile
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+__all__ = ["atomic_path", "write_atomic", "write_json_atomic", "jsonable"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it goes.
+
+    The temporary name ends with ``path``'s own name, so writers that choose the format by
+    extension (SimpleITK, OpenCV, matplotlib) work. The file gets the usual 0644-style mode
+    (``mkstemp`` would leave 0600).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_atomic(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Call ``write(open_file)`` on a temporary file, then move it to ``path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode) as f:
+            write(f)
+
+
+def jsonable(obj: Any) -> Any:
+    """Replace NaN/inf by None (strict JSON) and NumPy scalars by Python ones."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_json_atomic(path: str, obj: Any, indent: Optional[int] = None) -> None:
+    """Write ``obj`` as strict JSON (NaN -> null) to ``path`` atomically."""
+    data = jsonable(obj)
+    write_atomic(path, lambda f: json.dump(data, f, indent=indent, allow_nan=False))
