@@ -97,6 +97,18 @@ def test_training_improves_dsc_and_checkpoint_format(toy):
         train_segmentation(toy, 1, out, _cfg(epochs=4), os.path.join(out, "model_last.pth"), False)
 
 
+def test_poly_lr_decays_to_zero_and_val_every_skips_validation(toy):
+    out = os.path.join(toy, "poly")
+    result = train_segmentation(toy, 0, out, _cfg(epochs=3, val_every=2), progress=False)
+    assert [h["val_dsc"] is None for h in result["history"]] == [True, False, False]
+    ckpt = load_checkpoint(os.path.join(out, "model_last.pth"))
+    last_lr = ckpt["optimizer"]["param_groups"][0]["lr"]
+    assert 0 < last_lr < 0.05 * 0.2  # last iteration: 0.05 * (1 / T) ** 0.9 of T iterations
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train_segmentation(toy, 0, os.path.join(toy, "bad"), _cfg(lr_schedule="cosine"),
+                           progress=False)
+
+
 def _load_tool(name):
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)

@@ -41,11 +41,15 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr-schedule", choices=("poly", "constant"), default="poly",
+                   help="poly: lr * (1 - iter / total) ** 0.9 per iteration")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--label-every", type=int, default=10, help="1 labelled slice in every N")
     p.add_argument("--input-size", type=int, default=256, help="multiple of 32; 0 = native size")
     p.add_argument("--val-stride", type=int, default=1, help="validate on every N-th slice")
+    p.add_argument("--val-every", type=int, default=1,
+                   help="validate every N epochs (and after the last)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint (default OUT/model_last.pth)")
     p.add_argument("--num-workers", type=int, default=0)
@@ -91,9 +95,11 @@ def main(argv=None) -> int:
                             os.path.join(args.out, "log.txt"))])
     cfg = SegTrainConfig(
         arch=args.arch, encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        lr=args.lr, lr_schedule=args.lr_schedule, momentum=args.momentum,
+        weight_decay=args.weight_decay,
         label_every=args.label_every, input_size=args.input_size, num_workers=args.num_workers,
-        val_stride=args.val_stride, seed=args.seed, device=args.device, model_kwargs=model_kwargs,
+        val_stride=args.val_stride, val_every=args.val_every, seed=args.seed, device=args.device,
+        model_kwargs=model_kwargs,
     )
     try:
         result = train_segmentation(args.data, args.fold, args.out, cfg, resume=resume)
