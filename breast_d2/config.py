@@ -43,6 +43,9 @@ def _add_solver_config(cfg: CN) -> None:
 
 
 def _add_froc_config(cfg: CN) -> None:
+    # Evaluate after the last training iteration (DefaultTrainer's EvalHook). The job tools
+    # (demo, cross_validate) set False because their next step is a separate --eval-only run.
+    cfg.TEST.FINAL_EVAL = True
     cfg.TEST.FROC = CN()
     # Link detections whose slices differ by at most 1 + SLICE_GAP (1 bridges one missed slice).
     cfg.TEST.FROC.SLICE_GAP = 1

@@ -15,7 +15,7 @@ from breast_d2.data.convert import convert_cohort
 from breast_d2.data.phantom import write_cohort
 from breast_d2.data.volumes import CaseGeometry
 from breast_d2.inference import box_to_physical, candidate_label_volume
-from breast_d2.pipeline import Step, StepFailed, run_steps
+from breast_d2.pipeline import Parallel, Step, StepFailed, run_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
@@ -56,6 +56,20 @@ def test_training_writes_a_checkpoint(trained):
     assert losses and all(np.isfinite(losses))
     # The end-of-training evaluation (DefaultTrainer's EvalHook) logged the FROC numbers too.
     assert any("froc/sens@3.4" in r for r in records)
+
+
+def test_final_eval_can_be_left_to_a_separate_eval_only_step(trained):
+    from detectron2.engine.hooks import EvalHook
+
+    train_net = trained["train_net"]
+    has_eval_hook = []
+    for final_eval in ("True", "False"):
+        args = train_net.argument_parser().parse_args(
+            ["--config-file", QUICK, "--fold", "0", "--data", trained["data"], *trained["opts"],
+             "TEST.FINAL_EVAL", final_eval])
+        trainer = train_net.Trainer(train_net.setup(args))
+        has_eval_hook.append(any(isinstance(h, EvalHook) for h in trainer._hooks))
+    assert has_eval_hook == [True, False]
 
 
 def test_eval_only_writes_froc_files(trained):
@@ -165,6 +179,35 @@ def test_run_steps_resumes_and_reports_failures(tmp_path):
         run_steps([Step("boom", [sys.executable, "-c", "raise SystemExit(3)"])], str(tmp_path))
 
 
+def test_parallel_lanes_run_side_by_side_with_one_thread_and_resume(tmp_path):
+    def record(name):  # appends "name:OMP_NUM_THREADS" to ran.txt
+        code = (f"import os; open({str(tmp_path / 'ran.txt')!r}, 'a')"
+                f".write('{name}:' + os.environ.get('OMP_NUM_THREADS', '-') + ' ')")
+        return Step(name, [sys.executable, "-c", code])
+
+    # lane a waits until lane b's first step ran: only passes if the lanes overlap in time
+    wait_b = [sys.executable, "-c", "import os, time\n"
+              f"while 'b1' not in open({str(tmp_path / 'ran.txt')!r}).read(): time.sleep(0.05)"]
+    (tmp_path / "ran.txt").write_text("")
+    group = Parallel([[Step("a1", wait_b), record("a2")], [record("b1")]], threads=1)
+    run_steps([record("first"), group, record("last")], str(tmp_path))
+    ran = (tmp_path / "ran.txt").read_text().split()
+    assert ran[0].startswith("first:")
+    assert set(ran[1:3]) == {"b1:1", "a2:1"} and ran[3].startswith("last:")
+    assert (tmp_path / "logs" / "a1.log").exists()
+    run_steps([record("first"), group, record("last")], str(tmp_path))  # all done: no reruns
+    assert (tmp_path / "ran.txt").read_text().split() == ran
+
+
+def test_parallel_lane_failure_stops_the_other_lane_and_names_the_log(tmp_path):
+    sleeper = Step("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
+    boom = Step("boom", [sys.executable, "-c", "import sys; print('bad input'); sys.exit(3)"])
+    with pytest.raises(StepFailed, match=r"step 'boom' failed \(exit 3\) \(output: .*boom.log\)"):
+        run_steps([Parallel([[sleeper], [boom]])], str(tmp_path))
+    assert "bad input" in (tmp_path / "logs" / "boom.log").read_text()
+    assert not (tmp_path / ".steps" / "sleeper.done").exists()
+
+
 def test_cross_validation_steps_are_fold_correct():
     cv = _load_tool("cross_validate")
     args = cv.parse_args(["--config-file", QUICK, "--data", "D", "--folds", "0,2", "--out", "O"])
@@ -176,6 +219,16 @@ def test_cross_validation_steps_are_fold_correct():
                                                                      "model_last.pth"))
     evaluate = [s for s in steps if s.name == "evaluate detector fold2"][0].command
     assert "--eval-only" in evaluate and evaluate[evaluate.index("--fold") + 1] == "2"
+    train = [s for s in steps if s.name == "train detector fold2"][0].command
+    assert train[-2:] == ["TEST.FINAL_EVAL", "False"]  # the next step evaluates
+
+    args = cv.parse_args(["--config-file", QUICK, "--data", "D", "--folds", "0,1,2", "--out", "O",
+                          "--lanes", "2"])
+    group, report = cv.build_steps(args)
+    assert isinstance(group, Parallel) and report.name == "cross-fold FROC report"
+    lanes = [[s.name for s in lane if s.name.startswith("evaluate")] for lane in group.lanes]
+    assert lanes == [["evaluate detector fold0", "evaluate detector fold2"],
+                     ["evaluate detector fold1"]]
 
 
 def test_unreachable_weights_stop_training_setup_with_advice(trained):

@@ -9,12 +9,14 @@ fold-correct breast masks (tools/predict_breast_masks.py), train the detector on
 (tools/train_net.py --resume), evaluate FROC on fold K's whole validation cases (--eval-only).
 Then tools/froc.py --folds writes the cross-fold report (per-fold curves, average curve,
 mean +- sd of sensitivity at 3.4 FP per case and CPM) next to the study's 0.874 @ 3.4.
-Rerunning skips finished steps and resumes an interrupted training.
+Rerunning skips finished steps and resumes an interrupted training. ``--lanes 2`` runs two folds
+side by side with one thread each (faster on a 2-core CPU; on one GPU keep the default 1).
 """
 import argparse
 import os
 
 from breast_d2.pipeline import (
+    Parallel,
     Step,
     detection_steps,
     fold_froc_dir,
@@ -36,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--seg-arch", default="unetplusplus", choices=("unetplusplus", "unet"))
     p.add_argument("--seg-args", default="",
                    help="extra tools/train_breast_seg.py arguments, e.g. '--epochs 50'")
+    p.add_argument("--lanes", type=int, default=1,
+                   help="folds run side by side, one CPU thread each (default 1: in order)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="detector config overrides KEY VALUE")
     return p.parse_args(argv)
 
@@ -48,8 +52,9 @@ def build_steps(args):
         opts += ["INPUT.BREAST_MASK.ENABLED", "False"]
     elif args.masks == "gt":
         opts += ["INPUT.BREAST_MASK.ENABLED", "True", "INPUT.BREAST_MASK.SOURCE", "gt"]
-    steps = []
+    per_fold = []
     for fold in folds:
+        steps = []
         if args.masks == "model":
             seg_dir = os.path.join(args.out, "segmentation", f"{args.seg_arch}_fold{fold}")
             steps += segmentation_steps(args.data, fold, seg_dir, args.seg_arch,
@@ -60,6 +65,13 @@ def build_steps(args):
                              "--weights", os.path.join(seg_dir, "model_last.pth"), "--resume"),
             ))
         steps += detection_steps(args.config_file, args.data, fold, det_dir, opts)
+        per_fold.append(steps)
+    if args.lanes > 1 and len(folds) > 1:
+        lanes = [[s for steps in per_fold[k::args.lanes] for s in steps]
+                 for k in range(min(args.lanes, len(folds)))]
+        steps = [Parallel(lanes, threads=1)]
+    else:
+        steps = [s for fold_steps in per_fold for s in fold_steps]
     steps.append(Step(
         "cross-fold FROC report",
         tool_command("froc", "--folds", *[fold_froc_dir(det_dir, k) for k in folds],

@@ -17,6 +17,7 @@ import sys
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine.hooks import EvalHook
 
 from breast_d2.config import add_breast_config
 from breast_d2.engine import (
@@ -35,6 +36,12 @@ logger = logging.getLogger("breast_d2")
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the breast-masking mapper and the FROC evaluator."""
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if not self.cfg.TEST.FINAL_EVAL and self.cfg.TEST.EVAL_PERIOD <= 0:
+            hooks = [h for h in hooks if not isinstance(h, EvalHook)]
+        return hooks
 
     @classmethod
     def build_train_loader(cls, cfg):
