@@ -6,35 +6,27 @@ Throughput: random-weight models (speed does not depend on the weights), batches
 uint8 slices through :class:`BreastMaskPredictor.predict_proba` (letterbox + network + resize
 back), after one warm-up batch; reported as slices/s with batch size and torch threads.
 
-Cross-validation (``--cv-data OUT``): trains both architectures on every fold with the given
-(short) schedule, then scores the last-epoch model of each fold on its validation cases
-(whole volumes, raw output at 0.5) and prints the study-style markdown table.
+Cross-validation (``--cv-data OUT``): a resumable job in ``--cv-out`` that trains both
+architectures on every fold with tools/train_breast_seg.py (``--parallel``: U-Net and U-Net++
+side by side, one thread each), then scores the last-epoch model of each fold on its validation
+cases with tools/eval_breast_seg.py (whole volumes, raw output at 0.5) and prints the study-style
+markdown table (also in ``--cv-out/eval/``).
 
 Examples:
     python benchmarks/bench_segmentation.py --sizes 320 256 --threads 2 --batch 8
-    python benchmarks/bench_segmentation.py --skip-throughput --cv-data /tmp/phantom_coco \
-        --epochs 15 --input-size 128 --encoder resnet18
+    python benchmarks/bench_segmentation.py --skip-throughput --cv-data output/demo/coco \
+        --cv-out output/cv --parallel --epochs 24 --lr 0.05 --input-size 128 \
+        --encoder resnet18 --decoder-channels 64,32,16,16,8 --val-stride 4 --val-every 8
 """
 import argparse
+import logging
 import os
-import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
 
-from breast_d2.segmentation import (
-    ARCH_LABELS,
-    BreastMaskPredictor,
-    SegTrainConfig,
-    build_model,
-    markdown_report,
-    overlap_metrics,
-    per_fold_rows,
-    train_segmentation,
-)
-from breast_d2.segmentation.data import load_case_gt, load_case_images, load_fold
+from breast_d2.segmentation import ARCH_LABELS, BreastMaskPredictor, build_model
 
 
 def throughput(arch, encoder, size, batch, repeats, device="cpu"):
@@ -51,35 +43,48 @@ def throughput(arch, encoder, size, batch, repeats, device="cpu"):
 
 
 def cross_validate(args):
+    """Resumable job in ``args.cv_out``: train U-Net and U-Net++ on every fold with the real
+    tools (two 1-thread lanes side by side), then tools/eval_breast_seg.py's study-style table."""
     import json
+
+    from breast_d2.pipeline import Parallel, Step, run_steps, segmentation_steps, tool_command
 
     with open(os.path.join(args.cv_data, "splits.json")) as f:
         folds = [int(e["fold"]) for e in json.load(f)["folds"]]
     folds = folds if args.folds is None else args.folds
-    model_kwargs = {}
+    seg_args = ["--epochs", args.epochs, "--encoder", args.encoder, "--batch-size",
+                args.batch_size, "--lr", args.lr, "--label-every", args.label_every,
+                "--input-size", args.input_size, "--val-stride", args.val_stride,
+                "--val-every", args.val_every]
     if args.decoder_channels:
-        model_kwargs["decoder_channels"] = [int(c) for c in args.decoder_channels.split(",")]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for arch in ("unet", "unetplusplus"):
-            for fold in folds:
-                cfg = SegTrainConfig(arch=arch, encoder=args.encoder, epochs=args.epochs,
-                                     batch_size=args.batch_size, lr=args.lr,
-                                     label_every=args.label_every, input_size=args.input_size,
-                                     val_stride=args.val_stride, model_kwargs=model_kwargs)
-                out = os.path.join(tmp, arch, f"fold{fold}")
-                t0 = time.perf_counter()
-                train_segmentation(args.cv_data, fold, out, cfg, progress=False)
-                pred = BreastMaskPredictor(os.path.join(out, "model_last.pth"))
-                for case_id in load_fold(args.cv_data, fold)[1]:
-                    zs, images = load_case_images(args.cv_data, case_id)
-                    mask = pred.predict_case(images, postprocess=False)
-                    rows.append({"run": ARCH_LABELS[arch], "arch": arch, "fold": fold,
-                                 "case_id": case_id,
-                                 **overlap_metrics(mask, load_case_gt(args.cv_data, case_id, zs))})
-                print(f"{arch} fold {fold}: trained+scored in {time.perf_counter() - t0:.0f} s",
-                      file=sys.stderr, flush=True)
-    return markdown_report(per_fold_rows(rows), "Phantom breast-region segmentation")
+        seg_args += ["--decoder-channels", args.decoder_channels]
+    # Same layout as tools/cross_validate.py (--out = --cv-out), which then reuses these models.
+    template = os.path.join(args.cv_out, "segmentation", "{arch}_fold{fold}")
+    jobs = [(arch, fold) for arch in ("unetplusplus", "unet") for fold in folds]
+    if args.parallel:
+        # Longest job first onto the lighter lane; a U-Net++ step costs ~2.5-3x a U-Net step.
+        cost, lanes, load = {"unetplusplus": 3.0, "unet": 1.0}, [[], []], [0.0, 0.0]
+        for arch, fold in jobs:
+            k = int(load[1] < load[0])
+            lanes[k].append((arch, fold))
+            load[k] += cost[arch]
+    else:
+        lanes = [jobs]
+    lanes = [
+        [step for arch, fold in lane for step in segmentation_steps(
+            args.cv_data, fold, template.format(arch=arch, fold=fold), arch,
+            [str(a) for a in seg_args])]
+        for lane in lanes
+    ]
+    runs = [a for arch in ("unet", "unetplusplus") for a in (
+        "--run", f"{ARCH_LABELS[arch]}=" + template.format(arch=arch, fold="{fold}"))]
+    table_dir = os.path.join(args.cv_out, "eval")
+    training = [Parallel(lanes, threads=1)] if args.parallel else lanes[0]
+    table = Step("segmentation table", tool_command(
+        "eval_breast_seg", "--data", args.cv_data, "--folds", *folds, *runs, "--out", table_dir))
+    run_steps(training + [table], args.cv_out)
+    with open(os.path.join(table_dir, "seg_table.md")) as f:
+        return f.read()
 
 
 def main():
@@ -92,7 +97,11 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="torch device for the throughput part")
     p.add_argument("--skip-throughput", action="store_true")
-    p.add_argument("--cv-data", default="")
+    p.add_argument("--cv-data", default="", help="converted cohort: run the U-Net vs U-Net++ "
+                   "cross-validation (resumable job in --cv-out)")
+    p.add_argument("--cv-out", default="output/bench_seg_cv", help="job folder of the CV")
+    p.add_argument("--parallel", action="store_true",
+                   help="train U-Net and U-Net++ side by side, one thread each")
     p.add_argument("--folds", type=int, nargs="*", default=None)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=5)
@@ -100,8 +109,10 @@ def main():
     p.add_argument("--label-every", type=int, default=10)
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--val-stride", type=int, default=1)
+    p.add_argument("--val-every", type=int, default=1)
     p.add_argument("--decoder-channels", default="", help="CV models, e.g. 32,32,16,16,8")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     if not args.skip_throughput:
         print("| arch | encoder | input | batch | device | threads | slices/s |")
