@@ -7,8 +7,8 @@ The main job on the synthetic cohort (``make demo``), resumable:
   3. train U-Net++ on fold 0 briefly (+ U-Net with --seg-baseline)  tools/train_breast_seg.py
   4. segmentation table (DSC/Jaccard/SS)        tools/eval_breast_seg.py
   5. fold-correct breast masks for fold 0       tools/predict_breast_masks.py
-  6. train + evaluate the CPU demo detector on masked slices, and the same without masking
-                                                tools/train_net.py [--eval-only]
+  6. train + evaluate the CPU demo detector on masked slices, and the same without masking,
+     side by side with one thread each (OUT/logs/)   tools/train_net.py [--eval-only]
   7. OUT/REPORT.md: tables, FROC plot, overlays
 
 Rerunning skips finished steps (markers in OUT/.steps); delete OUT to start over.
