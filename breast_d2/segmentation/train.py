@@ -48,7 +48,7 @@ class SegTrainConfig:
         num_workers: DataLoader workers.
         val_stride: validate on every N-th slice of each validation case (1 = whole volume).
         val_every: validate every N epochs and after the last one; the epochs in between
-            record no DSC (NaN) and cannot become model_best.
+            record no DSC (null in metrics.json) and cannot become model_best.
         seed: torch seed.
         device: torch device string.
         model_kwargs: extra SMP arguments (e.g. encoder_depth, decoder_channels).
