@@ -208,6 +208,21 @@ def test_parallel_lane_failure_stops_the_other_lane_and_names_the_log(tmp_path):
     assert not (tmp_path / ".steps" / "sleeper.done").exists()
 
 
+def test_demo_trains_the_two_detectors_side_by_side_unless_sequential():
+    demo = _load_tool("demo")
+    *_, group = demo.build_steps(demo.parse_args(["--out", "O"]))
+    assert isinstance(group, Parallel) and group.threads == 1
+    names = [[s.name for s in lane] for lane in group.lanes]
+    assert names == [["train detector (masked) fold0", "evaluate detector (masked) fold0"],
+                     ["train detector (no mask) fold0", "evaluate detector (no mask) fold0"]]
+    unmasked_train = group.lanes[1][0].command
+    assert unmasked_train[unmasked_train.index("INPUT.BREAST_MASK.ENABLED") + 1] == "False"
+    for flags in (["--sequential"], ["--no-ablation"]):
+        steps = demo.build_steps(demo.parse_args(["--out", "O", *flags]))
+        assert not any(isinstance(s, Parallel) for s in steps)
+        assert steps[-1].name.startswith("evaluate detector")
+
+
 def test_cross_validation_steps_are_fold_correct():
     cv = _load_tool("cross_validate")
     args = cv.parse_args(["--config-file", QUICK, "--data", "D", "--folds", "0,2", "--out", "O"])
