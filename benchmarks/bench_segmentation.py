@@ -47,7 +47,14 @@ def cross_validate(args):
     tools (two 1-thread lanes side by side), then tools/eval_breast_seg.py's study-style table."""
     import json
 
-    from breast_d2.pipeline import Parallel, Step, run_steps, segmentation_steps, tool_command
+    from breast_d2.pipeline import (
+        Parallel,
+        Step,
+        run_steps,
+        segmentation_dir,
+        segmentation_steps,
+        tool_command,
+    )
 
     with open(os.path.join(args.cv_data, "splits.json")) as f:
         folds = [int(e["fold"]) for e in json.load(f)["folds"]]
@@ -59,7 +66,7 @@ def cross_validate(args):
     if args.decoder_channels:
         seg_args += ["--decoder-channels", args.decoder_channels]
     # Same layout as tools/cross_validate.py (--out = --cv-out), which then reuses these models.
-    template = os.path.join(args.cv_out, "segmentation", "{arch}_fold{fold}")
+    template = segmentation_dir(args.cv_out, "{arch}", "{fold}")
     jobs = [(arch, fold) for arch in ("unetplusplus", "unet") for fold in folds]
     if args.parallel:
         # Longest job first onto the lighter lane; a U-Net++ step costs ~2.5-3x a U-Net step.

@@ -26,6 +26,7 @@ __all__ = [
     "StepFailed",
     "run_steps",
     "tool_command",
+    "segmentation_dir",
     "segmentation_steps",
     "detection_steps",
     "fold_froc_dir",
@@ -96,7 +97,7 @@ class _StepRunner:
 
     def start(self, step: Step, title: str, env: Optional[Dict[str, str]] = None,
               log_path: Optional[str] = None) -> subprocess.Popen:
-        cmd = " ".join(shlex.quote(c) for c in step.command)
+        cmd = shlex.join(step.command)
         where = f"\n  (output: {log_path})" if log_path else ""
         logger.info(f"{title}\n  $ {cmd}{where}")
         with open(os.path.join(self.job_dir, "commands.log"), "a") as f:
@@ -110,7 +111,7 @@ class _StepRunner:
     def finish(self, step: Step, title: str, returncode: int, elapsed: float,
                log_path: Optional[str] = None) -> None:
         if returncode != 0:
-            cmd = " ".join(shlex.quote(c) for c in step.command)
+            cmd = shlex.join(step.command)
             see = f" (output: {log_path})" if log_path else ""
             raise StepFailed(f"step '{step.name}' failed (exit {returncode}){see}: {cmd}")
         with open(os.path.join(self.marks, step.slug + ".done"), "w") as f:
@@ -197,6 +198,12 @@ def run_steps(steps: Sequence[Union[Step, Parallel]], job_dir: str) -> None:
             runner.run_parallel(item)
         else:
             runner.run(item)
+
+
+def segmentation_dir(job_dir: str, arch: str, fold: int) -> str:
+    """Where a job keeps fold ``fold``'s ``arch`` segmentation model (cross_validate.py and the
+    segmentation benchmark share it, so one reuses the other's models)."""
+    return os.path.join(job_dir, "segmentation", f"{arch}_fold{fold}")
 
 
 def segmentation_steps(

@@ -22,6 +22,7 @@ from breast_d2.pipeline import (
     fold_froc_dir,
     run_job_cli,
     run_steps,
+    segmentation_dir,
     segmentation_steps,
     tool_command,
 )
@@ -56,7 +57,7 @@ def build_steps(args):
     for fold in folds:
         steps = []
         if args.masks == "model":
-            seg_dir = os.path.join(args.out, "segmentation", f"{args.seg_arch}_fold{fold}")
+            seg_dir = segmentation_dir(args.out, args.seg_arch, fold)
             steps += segmentation_steps(args.data, fold, seg_dir, args.seg_arch,
                                         args.seg_args.split())
             steps.append(Step(

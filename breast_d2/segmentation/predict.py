@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..utils import write_json_atomic
 from .data import (
     images_to_tensor,
     letterbox,
@@ -28,7 +29,6 @@ from .data import (
     load_fold,
     unletterbox,
 )
-from ..utils import write_json_atomic
 from .models import build_model_from_checkpoint
 from .postprocess import dilate_mm, postprocess_mask
 
