@@ -226,7 +226,7 @@ class TestResumeAndWorkers(ConvertTestBase):
         with self.assertRaisesRegex(CohortError, "not empty; pass --resume"):
             self.convert()
         summary = self.convert(resume=True)
-        self.assertEqual((summary["converted"], summary["skipped"]), (1, 4))
+        self.assertEqual((summary["converted"], summary["resumed"]), (1, 4))
         self.assertEqual(tree_hash(os.path.join(self.out, "slices")), before)
         summary = self.convert(resume=True, channels="1,1-0,1")  # other settings: redo all
         self.assertEqual(summary["converted"], 5)
@@ -318,9 +318,21 @@ class TestBadInput(unittest.TestCase):
         self._check(lambda c: self._rewrite_csv(c, "PH0005,9,5,1,5,1,2\n"),
                     ["case PH0005", "boxes.csv line 6", "Start Row 9 > End Row 5"], source="boxes")
 
-    def test_csv_case_without_images(self):
-        self._check(lambda c: self._rewrite_csv(c, "PH0099,1,5,1,5,1,2\n"),
-                    ["case PH0099", "boxes.csv line 6", "no images"], source="boxes")
+    def test_csv_case_without_images_is_a_partial_download(self):
+        # a box row of a patient that was not downloaded: one warning, a count, exit normally
+        with tempfile.TemporaryDirectory() as d:
+            cohort = os.path.join(d, "cohort")
+            make_cohort(cohort)
+            self._rewrite_csv(cohort, "PH0099,1,5,1,5,1,2\n")
+            summary = convert_cohort(os.path.join(cohort, "IMAGES"), os.path.join(d, "OUT"),
+                                     boxes_csv=os.path.join(cohort, "boxes.csv"), num_folds=2)
+            self.assertEqual(summary["orphans"], {"box rows": 1})
+            self.assertEqual(summary["lesions"], 4)
+            with open(os.path.join(d, "OUT", "convert.log")) as f:
+                log = f.read()
+            self.assertIn("WARNING", log)
+            self.assertIn("boxes.csv line 6: case PH0099 has no images", log)
+            self.assertIn("partial download: 1 box rows without images skipped", log)
 
     def test_csv_case_id_not_a_file_name(self):
         self._check(lambda c: self._rewrite_csv(c, "../PH0001,1,5,1,5,1,2\n"),

@@ -64,7 +64,7 @@ class TestConvertTool(unittest.TestCase):
                              capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
         self.assertEqual(res.returncode, 2, res.stderr)
         last = res.stderr.strip().splitlines()[-1]
-        self.assertEqual(last, f"error: boxes CSV {bad} does not exist")
+        self.assertEqual(last, f"error: boxes table {bad} does not exist")
         self.assertNotIn("Traceback", res.stderr)
 
     def test_success_and_errors(self):

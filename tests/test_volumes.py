@@ -58,7 +58,10 @@ def write_nifti_case(images, case_id, phases, spacing=SPACING):
         write_nifti(array, os.path.join(images, case_id, f"{case_id}_{p:04d}.nii.gz"), spacing)
 
 
-def write_dicom_series(array_zyx, folder, series_number, spacing=SPACING):
+DYN = ("ax dyn pre", "ax dyn 1st pass", "ax dyn 2nd pass", "ax dyn 3rd pass", "ax dyn 4th pass")
+
+
+def write_dicom_series(array_zyx, folder, series_number, spacing=SPACING, description=None):
     """One DICOM file per slice with SeriesNumber, InstanceNumber and ImagePositionPatient."""
     os.makedirs(folder)
     uid = f"1.2.826.0.1.3680043.2.1125.{series_number}"
@@ -78,6 +81,8 @@ def write_dicom_series(array_zyx, folder, series_number, spacing=SPACING):
             "0018|0050": str(spacing[2]),
             "0008|0018": f"{uid}.{z + 1}",
         }
+        if description is not None:
+            tags["0008|103e"] = description
         for tag, value in tags.items():
             sl.SetMetaData(tag, value)
         writer.SetFileName(os.path.join(folder, f"IM{z + 1:04d}.dcm"))
@@ -239,7 +244,8 @@ class TestReadDicom(unittest.TestCase):
     def _write(self, d, phases):
         for p, array in enumerate(phases):
             # folder names sort opposite to the phase order: SeriesNumber must decide
-            write_dicom_series(array, os.path.join(d, "D1", "study", f"s{9 - p}"), p + 1)
+            write_dicom_series(array, os.path.join(d, "D1", "study", f"s{9 - p}"), p + 1,
+                               description=DYN[p])
 
     def test_dicom_reads_like_nifti(self):
         phases = make_phases(3)

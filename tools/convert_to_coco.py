@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         sys.stderr.write(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
         return 2
     print(
-        f"converted {summary['cases']} cases ({summary['converted']} new, {summary['skipped']} "
+        f"converted {summary['cases']} cases ({summary['converted']} new, {summary['resumed']} "
         f"resumed): {summary['slices']} slices, {summary['lesions']} lesions, "
         f"{summary['folds']} folds -> {summary['out']} ({summary['seconds']:.1f} s)"
     )

@@ -28,16 +28,22 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from ..utils import write_json_atomic
+from .case_files import find_case_files
+from .duke import SeriesMap, find_collection_root, read_series_map
+from .masks import read_mask_on_grid
+from .tables import iter_table
 from .volumes import (
-    NIFTI_SUFFIXES,
     CaseGeometry,
     CohortError,
     PathLike,
+    box_on_slices,
     check_box_in_volume,
     compose_channels,
-    iter_phase_images,
+    find_phase_sources,
+    iter_source_images,
     label_lesions,
     list_cases,
+    merge_close_lesions,
     parse_channels,
     read_box_rows,
     read_volume,
@@ -70,11 +76,12 @@ class _CaseJob(NamedTuple):
     case_dir: str
     out: str
     channels: str
-    boxes: Optional[List[Tuple[List[int], int]]]  # CSV boxes with their line numbers
+    boxes: Optional[List[Tuple[List[int], int]]]  # table boxes with their line/row numbers
     boxes_csv: Optional[str]
     label_path: Optional[str]
     mask_path: Optional[str]
     settings: dict
+    series_map: Optional[SeriesMap] = None  # this case's rows of TCIA's filepath mapping only
 
 
 # ----------------------------------------------------------------------------- folds
@@ -133,19 +140,6 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _volumes_by_case(folder: str, kind: str) -> Dict[str, str]:
-    """``{case_id: path}`` of the ``<case_id>.nii.gz`` files of a LABELS/MASKS folder."""
-    if not os.path.isdir(folder):
-        raise CohortError(f"{kind} folder {folder} does not exist or is not a folder")
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        for ext in NIFTI_SUFFIXES:
-            if name.endswith(ext) and not name.startswith("."):
-                out.setdefault(name[: -len(ext)], os.path.join(folder, name))
-                break
-    return out
-
-
 # ----------------------------------------------------------------------------- input checks
 
 
@@ -162,89 +156,144 @@ def _check_out(out: str, inputs: Sequence[Optional[str]], resume: bool) -> None:
         )
 
 
-def _boxes_by_case(boxes_csv: str, cases: Sequence[str], images: str) -> Dict[str, list]:
+def _case_lookup(cases: Sequence[str]) -> Dict[str, str]:
+    """``{lower-case id: id}``: tables and label files may spell a case id in another case."""
+    return {c.lower(): c for c in cases}
+
+
+def _boxes_by_case(boxes_csv: str, cases: Sequence[str], images: str, orphans: dict) -> dict:
+    """Box rows per case; rows of cases without images (a partial download) are skipped."""
+    lookup = _case_lookup(cases)
     by_case: Dict[str, list] = {c: [] for c in cases}
     for row in read_box_rows(boxes_csv):
-        if row.case_id not in by_case:
-            raise CohortError(
-                f"{boxes_csv} line {row.line}: case {row.case_id} has no images "
-                f"(no folder {os.path.join(images, row.case_id)})"
+        case_id = lookup.get(row.case_id.lower())
+        if case_id is None:
+            orphans.setdefault("box rows", []).append(
+                f"{boxes_csv} line {row.line}: case {row.case_id} has no images in {images}; "
+                "row skipped"
             )
-        by_case[row.case_id].append((row.box, row.line))
+            continue
+        by_case[case_id].append((row.box, row.line))
     return by_case
 
 
-def _match_volumes(folder: str, cases: Sequence[str], kind: str, strict: bool) -> Dict[str, str]:
-    paths = _volumes_by_case(folder, kind)
-    for case_id in cases:
-        if case_id not in paths:
-            path = os.path.join(folder, case_id)
-            raise CohortError(f"case {case_id}: missing {kind} {path}.nii.gz")
-    for name, path in paths.items():
-        if name not in set(cases):
-            if strict:
-                raise CohortError(f"case {name}: {kind} {path} belongs to no case in the images")
-            logger.warning("%s %s belongs to no case in the images; ignored", kind, path)
-    return paths
+def _match_files(folder: str, cases: Sequence[str], kind: str, orphans: dict) -> Dict[str, str]:
+    """``{case_id: file}`` of a LABELS/MASKS folder; files of cases without images are skipped."""
+    found = find_case_files(folder, cases, kind)
+    for name, path in found.orphans:
+        orphans.setdefault(kind + "s", []).append(f"{kind} {path}: case {name} has no images; skipped")
+    return found.paths
 
 
 # ----------------------------------------------------------------------------- one case
 
 
+def _provenance(sources) -> List[dict]:
+    """Where each phase came from (``cases.json``; lets users audit the DICOM series choice)."""
+    out = []
+    for k, src in enumerate(sources):
+        entry = {"phase": k, "source": src.label, "files": len(src.files)}
+        if src.is_dicom:
+            entry.update(description=src.description, rule=src.rule)
+        out.append(entry)
+    return out
+
+
+def _box_file_numbers(sources, case_id: str) -> Optional[List[int]]:
+    """File number of each z slice (DICOM), which box tables count; None for NIfTI (z + 1)."""
+    if not sources[0].is_dicom:
+        return None
+    ref = sources[1] if len(sources) > 1 else sources[0]  # boxes are drawn on post-contrast 1
+    for src in sources:
+        if src.file_numbers != ref.file_numbers:
+            logger.warning("case %s: %s numbers its files differently from %s; boxes follow %s",
+                           case_id, src.label, ref.label, ref.label)  # fmt: skip
+            break
+    return list(ref.file_numbers)
+
+
 def _read_case(job: _CaseJob):
-    """Read and validate one case; returns ``(phases {k: [Z,Y,X]}, geometry, num_phases)``."""
+    """Read and validate one case.
+
+    Returns:
+        ``(phases {k: [Z,Y,X]}, geometry, num_phases, provenance, file_numbers)``.
+    """
     needed = {k for expr in parse_channels(job.channels) for k in expr if k is not None}
-    phases, geom, count = {}, None, 0
-    for k, array, geom in iter_phase_images(job.case_dir, job.case_id):
-        count += 1
+    order = job.settings.get("dicom_order", "description")
+    sources = find_phase_sources(job.case_dir, job.case_id, job.series_map, order)
+    expected = job.settings.get("phases")
+    if expected and len(sources) != expected:
+        raise CohortError(
+            f"case {job.case_id}: {len(sources)} phase(s) in {job.case_dir} but --phases "
+            f"expects {expected}"
+        )
+    phases, geom = {}, None
+    for k, array, geom in iter_source_images(sources, job.case_id):
         if k in needed:
             phases[k] = array
     missing = sorted(needed - set(phases))
     if missing:
         raise CohortError(
             f"case {job.case_id}: channels {job.channels!r} use phase {missing[0]} but "
-            f"{job.case_dir} has only {count} phase(s)"
+            f"{job.case_dir} has only {len(sources)} phase(s)"
         )
-    return phases, geom, count
+    return phases, geom, len(sources), _provenance(sources), _box_file_numbers(sources, job.case_id)
 
 
-def _case_lesions(job: _CaseJob, geom: CaseGeometry):
+def _case_lesions(job: _CaseJob, geom: CaseGeometry, file_numbers: Optional[List[int]]):
     """Half-open 3D boxes of the case and the per-slice 2D boxes (see DATA_FORMAT.md)."""
     if job.label_path is not None:
+        # lesion labels must be drawn on the images' grid: resampling could move a box
         labels = read_volume(job.label_path, job.case_id, "label volume", expect=geom)
         components, boxes = label_lesions(labels)
+        components, boxes = merge_close_lesions(
+            components, boxes, geom.spacing, job.settings.get("merge_lesions_mm", 0.0)
+        )
         return boxes, slice_boxes_from_components(components, boxes)
     boxes = []
     for box, line in job.boxes or []:
-        check_box_in_volume(box, geom.size, f"{job.boxes_csv} line {line}: case {job.case_id}: ")
-        boxes.append(list(box))
-    return boxes, None  # CSV slice boxes are derived from the 3D boxes when the COCO files are made
+        where = f"{job.boxes_csv} line {line}: case {job.case_id}: "
+        if file_numbers is None:
+            check_box_in_volume(box, geom.size, where)
+            boxes.append(list(box))
+        else:
+            boxes.append(box_on_slices(box, geom.size, file_numbers, where))
+    return boxes, None  # table slice boxes are derived from the 3D boxes when COCO files are made
 
 
 def _write_case(job: _CaseJob, tmp: str) -> dict:
     """Write the slices (and mask) of one case into ``tmp``; return its record."""
     t0 = time.perf_counter()
-    phases, geom, num_phases = _read_case(job)
-    boxes, slice_boxes = _case_lesions(job, geom)
-    mask = None
-    if job.mask_path is not None:
-        mask = read_volume(job.mask_path, job.case_id, "mask", expect=geom)
+    try:
+        phases, geom, num_phases, provenance, file_numbers = _read_case(job)
+        boxes, slice_boxes = _case_lesions(job, geom, file_numbers)
+        mask = None
+        if job.mask_path is not None:
+            mask = read_mask_on_grid(job.mask_path, job.case_id, geom)
+    except OSError as e:  # an input that cannot be opened (a folder named like a file, ...)
+        raise CohortError(f"case {job.case_id}: cannot read input {e.filename}: {e.strerror}") \
+            from None  # fmt: skip
     rgb = compose_channels(phases, job.channels)
     del phases
-    os.makedirs(os.path.join(tmp, "slices"))
-    for z in range(rgb.shape[0]):
-        _write_png(os.path.join(tmp, "slices", f"{z:04d}.png"), rgb[z])
-    if mask is not None:
-        os.makedirs(os.path.join(tmp, "masks"))
-        for z in range(mask.shape[0]):
-            binary = np.where(mask[z] != 0, 255, 0).astype(np.uint8)
-            _write_png(os.path.join(tmp, "masks", f"{z:04d}.png"), binary)
+    try:
+        os.makedirs(os.path.join(tmp, "slices"))
+        for z in range(rgb.shape[0]):
+            _write_png(os.path.join(tmp, "slices", f"{z:04d}.png"), rgb[z])
+        if mask is not None:
+            os.makedirs(os.path.join(tmp, "masks"))
+            for z in range(mask.shape[0]):
+                _write_png(os.path.join(tmp, "masks", f"{z:04d}.png"), mask[z] * np.uint8(255))
+    except OSError as e:
+        raise CohortError(f"case {job.case_id}: cannot write output: {e}") from None
     return {
         "case_id": job.case_id,
         "shape": list(geom.size),
         "spacing": [round(v, 6) for v in geom.spacing],  # NIfTI stores float32: 0.8 not 0.80000001
         "geometry": geom.to_dict(),
         "num_phases": num_phases,
+        "phases": provenance,
+        "file_numbers": file_numbers,
+        "has_mask": mask is not None,
         "boxes": boxes,
         "slice_boxes": slice_boxes,
         "settings": job.settings,
@@ -282,10 +331,11 @@ def _convert_case(job: _CaseJob) -> dict:
     tmp = tempfile.mkdtemp(prefix=job.case_id + ".", dir=os.path.join(job.out, _TMP_DIR))
     try:
         record = _write_case(job, tmp)
-        _commit_case(job, tmp, record)
+        try:
+            _commit_case(job, tmp, record)
+        except OSError as e:
+            raise CohortError(f"case {job.case_id}: cannot write output: {e}") from None
         return record
-    except OSError as e:
-        raise CohortError(f"case {job.case_id}: cannot write output: {e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -334,32 +384,49 @@ def _log_case(record: dict) -> None:
     )  # fmt: skip
 
 
-def _run_jobs(jobs: Sequence[_CaseJob], workers: int, log_path: str) -> List[dict]:
-    """Convert ``jobs`` with a progress bar; the first failure stops everything and is raised."""
-    records = []
+def _run_jobs(
+    jobs: Sequence[_CaseJob], workers: int, log_path: str, skip_bad: bool = False
+) -> Tuple[List[dict], List[dict]]:
+    """Convert ``jobs`` with a progress bar.
+
+    Returns:
+        ``(records, skipped)``; ``skipped`` lists ``{"case_id", "reason"}`` of the cases whose
+        CohortError was skipped (``skip_bad``). Without ``skip_bad`` the first failure stops
+        everything and is raised.
+    """
+    records, skipped = [], []
+
+    def finish(job: _CaseJob, get_record) -> None:
+        try:
+            records.append(get_record())
+            _log_case(records[-1])
+        except CohortError as e:
+            if not skip_bad:
+                raise
+            skipped.append({"case_id": job.case_id, "reason": str(e)})
+            logger.warning("skipped case %s: %s", job.case_id, e)
+        bar.update()
+
     bar = tqdm(total=len(jobs), desc="convert", unit="case", dynamic_ncols=True)
     try:
         if workers <= 1:
             for job in jobs:
                 bar.set_postfix_str(job.case_id)
-                records.append(_convert_case(job))
-                _log_case(records[-1])
-                bar.update()
-            return records
+                finish(job, lambda: _convert_case(job))
+            return records, skipped
         with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker,
                                  initargs=(log_path,)) as pool:  # fmt: skip
-            pending = {pool.submit(_convert_case, job) for job in jobs}
+            pending = {pool.submit(_convert_case, job): job for job in jobs}
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
                 for fut in done:
-                    if fut.exception() is not None:
+                    try:
+                        finish(pending.pop(fut), fut.result)
+                    except BaseException:
                         for p in pending:
                             p.cancel()
-                        raise fut.exception()
-                    records.append(fut.result())
-                    _log_case(records[-1])
-                    bar.update()
-        return records
+                        raise
+        return records, skipped
     finally:
         bar.close()
 
@@ -415,54 +482,100 @@ def _coco_file(entries, case_ids: Sequence[str], description: str) -> dict:
 
 
 def _refresh_csv_boxes(records: List[dict], jobs: Mapping[str, _CaseJob]) -> None:
-    """Take CSV boxes from the current CSV (also for resumed cases) and check them again."""
+    """Take table boxes from the current table (also for resumed cases) and check them again."""
     for rec in records:
         job = jobs[rec["case_id"]]
         if job.label_path is None:
-            rec["boxes"] = _case_lesions(job, CaseGeometry.from_dict(rec["geometry"]))[0]
+            geom = CaseGeometry.from_dict(rec["geometry"])
+            rec["boxes"] = _case_lesions(job, geom, rec.get("file_numbers"))[0]
             rec["slice_boxes"] = None
 
 
-def _write_outputs(out: str, records: List[dict], num_folds: int, seed: int) -> None:
-    cases = [{k: r[k] for k in ("case_id", "shape", "spacing", "boxes")} for r in records]
-    folds = make_folds({r["case_id"]: len(r["boxes"]) for r in records}, num_folds, seed)
+def read_test_cases(path: str, cases: Sequence[str]) -> List[str]:
+    """Held-out test cases of MAMA-MIA's ``train_test_splits.csv`` (column ``test_split``).
+
+    Ids are matched to the converted cases without regard to letter case; test ids without
+    images (a partial download) are counted in a warning.
+
+    Returns:
+        sorted case ids (as the images spell them).
+    """
+    lookup, test, absent = _case_lookup(cases), set(), 0
+    for _, cells in iter_table(path, ("test_split",)):
+        name = cells["test_split"]
+        if name:
+            if name.lower() in lookup:
+                test.add(lookup[name.lower()])
+            else:
+                absent += 1
+    if absent:
+        logger.warning("%s: %d test case(s) have no images; ignored", path, absent)
+    return sorted(test)
+
+
+def _write_outputs(out: str, records: List[dict], settings: dict, skipped: List[dict]) -> None:
+    num_folds, seed = settings["folds"], settings["seed"]
+    keys = ("case_id", "shape", "spacing", "boxes", "has_mask", "num_phases", "phases",
+            "file_numbers")  # fmt: skip
+    cases = [{k: r.get(k) for k in keys} for r in records]
     all_ids = [r["case_id"] for r in records]
+    test = read_test_cases(settings["splits_from"], all_ids) if settings["splits_from"] else []
+    pool = [r for r in records if r["case_id"] not in set(test)]
+    folds = make_folds({r["case_id"]: len(r["boxes"]) for r in pool}, num_folds, seed)
+    pool_ids = [r["case_id"] for r in pool]
     splits = {"num_folds": num_folds, "seed": seed, "folds": []}
     entries = _coco_entries(records)
     for k, val in enumerate(folds):
-        train = [c for c in all_ids if c not in set(val)]
+        train = [c for c in pool_ids if c not in set(val)]
         splits["folds"].append({"fold": k, "train": train, "val": val})
         for split, ids in (("train", train), ("val", val)):
             coco = _coco_file(entries, ids, f"fold {k} {split}")
             write_json_atomic(os.path.join(out, f"fold{k}_{split}.json"), coco)
+    if settings["splits_from"]:
+        splits.update(test=test, splits_from=settings["splits_from"])
+        write_json_atomic(os.path.join(out, "test.json"), _coco_file(entries, test, "test"))
     write_json_atomic(os.path.join(out, "splits.json"), splits)
-    write_json_atomic(os.path.join(out, "cases.json"), {"cases": cases})
+    write_json_atomic(os.path.join(out, "cases.json"), {"cases": cases, "skipped": skipped})
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
-def _make_jobs(images, out, cases, channels, boxes_csv, labels, masks) -> List[_CaseJob]:
-    boxes = _boxes_by_case(boxes_csv, cases, images) if boxes_csv else None
-    label_paths = _match_volumes(labels, cases, "label volume", strict=True) if labels else {}
-    mask_paths = _match_volumes(masks, cases, "mask", strict=False) if masks else {}
-    settings = {
-        "images": os.path.realpath(images),
-        "channels": channels,
-        "source": "labels" if labels else "boxes",
-        "masks": os.path.realpath(masks) if masks else None,
-    }
+def _resolve_images(images: str) -> str:
+    """The folder of case folders: unwraps an NBIA manifest folder or a MAMA-MIA root."""
+    if os.path.isdir(os.path.join(images, "images")) and os.path.isdir(
+        os.path.join(images, "segmentations")
+    ):
+        logger.info("%s is a MAMA-MIA folder: reading cases from its images/", images)
+        return os.path.join(images, "images")
+    return find_collection_root(images)
+
+
+def _make_jobs(images, out, cases, boxes_csv, labels, masks, settings, series_map, orphans):
+    boxes = _boxes_by_case(boxes_csv, cases, images, orphans) if boxes_csv else None
+    label_paths = _match_files(labels, cases, "label volume", orphans) if labels else {}
+    for case_id in cases if labels else ():
+        if case_id not in label_paths:
+            raise CohortError(
+                f"case {case_id}: missing label volume {os.path.join(labels, case_id)}.nii.gz "
+                f"(no file for the case in {labels})"
+            )
+    mask_paths = _match_files(masks, cases, "mask", orphans) if masks else {}
+    if masks:
+        logger.info("breast masks for %d of %d case(s)", len(mask_paths), len(cases))
     return [
         _CaseJob(
             case_id=c,
             case_dir=os.path.join(images, c),
             out=out,
-            channels=channels,
+            channels=settings["channels"],
             boxes=boxes[c] if boxes is not None else None,
             boxes_csv=boxes_csv,
             label_path=label_paths.get(c),
             mask_path=mask_paths.get(c),
             settings=settings,
+            series_map=None if series_map is None or c not in series_map.cases
+            else SeriesMap(series_map.path, {c: series_map.cases[c]}),
         )
         for c in cases
     ]
@@ -473,6 +586,23 @@ def _start_log(out: str) -> logging.Handler:
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
     handler.setLevel(logging.INFO)
     return handler
+
+
+def _check_inputs(boxes_csv, labels, workers, channels, merge_lesions_mm, phases) -> None:
+    if (boxes_csv is None) == (labels is None):
+        raise CohortError("give exactly one lesion source: a boxes table or a labels folder")
+    if boxes_csv is not None and not os.path.isfile(boxes_csv):
+        raise CohortError(f"boxes table {boxes_csv} does not exist")
+    if int(workers) < 1:
+        raise CohortError(f"workers must be >= 1, got {workers}")
+    if not merge_lesions_mm >= 0:  # also refuses NaN
+        raise CohortError(f"merge_lesions_mm must be >= 0 (or inf), got {merge_lesions_mm}")
+    if phases is not None and int(phases) < 2:
+        raise CohortError(f"phases must be >= 2 (pre + a post-contrast), got {phases}")
+    try:
+        parse_channels(channels, phases)
+    except ValueError as e:
+        raise CohortError(str(e)) from None
 
 
 def convert_cohort(
@@ -486,54 +616,87 @@ def convert_cohort(
     channels: str = "1,1-0,0",
     workers: int = 1,
     resume: bool = False,
+    series_map: Optional[PathLike] = None,
+    dicom_order: str = "description",
+    phases: Optional[int] = None,
+    skip_bad_cases: bool = False,
+    splits_from: Optional[PathLike] = None,
+    merge_lesions_mm: float = 0.0,
 ) -> dict:
     """Convert a cohort to the converted-folder layout of docs/DATA_FORMAT.md.
 
     Args:
-        images: ``IMAGES`` folder, one sub-folder per case (NIfTI ``<case_id>_<phase:04d>.nii.gz``
-            or DICOM series folders).
+        images: folder of case folders (NIfTI ``<case_id>_<phase:04d>.nii.gz``, or a DICOM tree
+            per case), an NBIA manifest folder (``manifest-<digits>/``, Duke as downloaded) or a
+            MAMA-MIA root (its ``images/`` is used).
         out: output folder ``OUT`` (created; must be empty or absent unless ``resume``; must not
             overlap the inputs).
-        boxes_csv: Duke ``Annotation_Boxes`` CSV (1-based inclusive rows/columns/slices). Exactly
-            one of ``boxes_csv`` and ``labels`` is required. Cases absent from the CSV have no
-            lesion.
-        labels: ``LABELS`` folder of ``<case_id>.nii.gz`` (each 3D connected component = a lesion);
-            every case needs one.
-        masks: optional ``MASKS`` folder of ``<case_id>.nii.gz`` breast masks (non-zero = breast);
-            every case needs one.
+        boxes_csv: Duke ``Annotation_Boxes`` table, ``.xlsx`` or ``.csv`` (1-based inclusive
+            rows/columns/slices; a DICOM case's slices are file numbers). Exactly one of
+            ``boxes_csv`` and ``labels`` is required. Cases absent from it have no lesion; rows of
+            cases without images are skipped with a warning (partial download).
+        labels: folder of lesion label volumes, one per case (``<case>.nii.gz``, any letter
+            case; each 3D connected component = a lesion, see ``merge_lesions_mm``); files of
+            cases without images are skipped with a warning.
+        masks: optional folder of breast masks (NIfTI, NRRD, 3D Slicer ``.seg.nrrd``, flat or
+            in per-case folders, see :mod:`breast_d2.data.case_files`); cases without a mask get
+            none (``has_mask`` false in ``cases.json``); a mask on another grid is resampled
+            onto the images by physical geometry.
         num_folds: K of the patient-level stratified K-fold split.
         seed: split seed (same seed -> same split).
         channels: three phase expressions for R, G, B, e.g. ``"1,1-0,0"``; see
             :func:`~breast_d2.data.volumes.compose_channels` for the windowing.
         workers: number of worker processes (1 = convert in this process).
         resume: skip cases finished by an earlier run with the same settings.
+        series_map: TCIA's ``Breast-Cancer-MRI-filepath_filename-mapping`` (``.xlsx``/``.csv``);
+            decides the DICOM phases of the cases it holds (:mod:`breast_d2.data.duke`).
+        dicom_order: ``"description"`` (choose the phases by SeriesDescription) or
+            ``"series-number"`` (every series is a phase, by SeriesNumber).
+        phases: expected number of phases per case (None: any >= what ``channels`` uses).
+        skip_bad_cases: a case with bad input is skipped (listed in ``cases.json`` ``skipped``
+            and in the summary) instead of stopping the conversion.
+        splits_from: MAMA-MIA ``train_test_splits.csv``: its ``test_split`` cases form a held-out
+            test set (``test.json``, ``splits.json`` ``test``); the folds are made of the rest.
+        merge_lesions_mm: label volumes: components whose voxel centres lie at most this far
+            apart (mm) form one lesion; 0 (default) = every 26-connected component is a lesion,
+            ``inf`` = one lesion per case.
 
     Returns:
-        summary dict with keys ``out, cases, converted, skipped, slices, lesions, folds, seconds``.
+        summary dict with keys ``out, cases, converted, resumed, bad_cases`` (ids skipped by
+        ``skip_bad_cases``), ``slices, lesions, folds, orphans`` (``{kind: count}`` of table rows
+        and files without images) and ``seconds``.
 
     Raises:
-        CohortError: any bad input (one line naming the case and file/CSV line); output that was
-            complete before the failing case stays, nothing half-written does.
+        CohortError: any bad input (one line naming the case and file/table line); output that
+            was complete before the failing case stays, nothing half-written does.
     """
     t0 = time.perf_counter()
-    images, out = os.fspath(images), os.path.abspath(os.fspath(out))
-    boxes_csv = os.fspath(boxes_csv) if boxes_csv is not None else None
-    labels = os.fspath(labels) if labels is not None else None
-    masks = os.fspath(masks) if masks is not None else None
-    if (boxes_csv is None) == (labels is None):
-        raise CohortError("give exactly one lesion source: a boxes CSV or a labels folder")
-    if boxes_csv is not None and not os.path.isfile(boxes_csv):
-        raise CohortError(f"boxes CSV {boxes_csv} does not exist")
-    if int(workers) < 1:
-        raise CohortError(f"workers must be >= 1, got {workers}")
-    try:
-        parse_channels(channels)
-    except ValueError as e:
-        raise CohortError(str(e)) from None
+    images, out = _resolve_images(os.fspath(images)), os.path.abspath(os.fspath(out))
+    boxes_csv, labels, masks, series_map, splits_from = (
+        os.fspath(p) if p is not None else None
+        for p in (boxes_csv, labels, masks, series_map, splits_from)
+    )
+    _check_inputs(boxes_csv, labels, workers, channels, float(merge_lesions_mm), phases)
+    if dicom_order not in ("description", "series-number"):
+        raise CohortError(f"dicom_order must be description or series-number, not {dicom_order!r}")
+    if splits_from is not None and not os.path.isfile(splits_from):
+        raise CohortError(f"splits table {splits_from} does not exist")
     cases = list_cases(images)
     make_folds({c: 0 for c in cases}, num_folds, seed)  # fail early on an impossible K
     _check_out(out, [images, labels, masks], resume)
-    jobs = _make_jobs(images, out, cases, channels, boxes_csv, labels, masks)
+    settings = {
+        "images": os.path.realpath(images),
+        "channels": channels,
+        "source": "labels" if labels else "boxes",
+        "masks": os.path.realpath(masks) if masks else None,
+        "series_map": os.path.realpath(series_map) if series_map else None,
+        "dicom_order": dicom_order,
+        "phases": phases,
+        "merge_lesions_mm": float(merge_lesions_mm),
+    }
+    smap = read_series_map(series_map, cases) if series_map else None
+    orphans: Dict[str, List[str]] = {}  # warnings on table rows / files without images
+    jobs = _make_jobs(images, out, cases, boxes_csv, labels, masks, settings, smap, orphans)
 
     os.makedirs(os.path.join(out, _TMP_DIR), exist_ok=True)
     os.makedirs(os.path.join(out, _STATE_DIR), exist_ok=True)
@@ -541,10 +704,14 @@ def convert_cohort(
     pkg_logger, old_level = logging.getLogger("breast_d2"), logging.getLogger("breast_d2").level
     pkg_logger.addHandler(handler)
     pkg_logger.setLevel(min(old_level or logging.INFO, logging.INFO))
+    run = dict(folds=num_folds, seed=seed, splits_from=splits_from, workers=int(workers),
+               resume=resume, skip_bad=skip_bad_cases, orphans=orphans)  # fmt: skip
     try:
-        return _convert(jobs, out, num_folds, seed, int(workers), resume, handler, t0)
+        return _convert(jobs, out, run, handler, t0)
     except CohortError as e:
-        logger.error("conversion stopped: %s", e)
+        # to convert.log only: the caller shows the error (once) on the console
+        handler.handle(logger.makeRecord(logger.name, logging.ERROR, __file__, 0,
+                                         "conversion stopped: %s", (e,), None))  # fmt: skip
         raise
     finally:
         shutil.rmtree(os.path.join(out, _TMP_DIR), ignore_errors=True)
@@ -553,30 +720,40 @@ def convert_cohort(
         handler.close()
 
 
-def _convert(jobs, out, num_folds, seed, workers, resume, handler, t0) -> dict:
+def _convert(jobs, out, run, handler, t0) -> dict:
     logger.info("converting %d case(s) into %s (workers=%d, resume=%s)",
-                len(jobs), out, workers, resume)  # fmt: skip
+                len(jobs), out, run["workers"], run["resume"])  # fmt: skip
+    for kind, messages in run["orphans"].items():  # a partial download is normal: warn, go on
+        for message in messages:
+            logger.warning(message)
+        logger.info("partial download: %d %s without images skipped", len(messages), kind)
     done = {}
-    if resume:
+    if run["resume"]:
         for job in jobs:
             record = _finished_record(job)
             if record is not None:
                 done[job.case_id] = record
         logger.info("resume: %d case(s) already finished", len(done))
     todo = [j for j in jobs if j.case_id not in done]
-    for record in _run_jobs(todo, workers, handler.baseFilename):
+    records, skipped = _run_jobs(todo, run["workers"], handler.baseFilename, run["skip_bad"])
+    for record in records:
         done[record["case_id"]] = record
-    records = [done[j.case_id] for j in jobs]
+    records = [done[j.case_id] for j in jobs if j.case_id in done]
+    if skipped:
+        logger.warning("skipped %d bad case(s): %s", len(skipped),
+                       "; ".join(f"{s['case_id']}: {s['reason']}" for s in skipped))  # fmt: skip
     _refresh_csv_boxes(records, {j.case_id: j for j in jobs})
-    _write_outputs(out, records, num_folds, seed)
+    _write_outputs(out, records, run, skipped)
     summary = {
         "out": out,
         "cases": len(records),
-        "converted": len(todo),
-        "skipped": len(records) - len(todo),
+        "converted": len(todo) - len(skipped),
+        "resumed": len(records) - len(todo) + len(skipped),
+        "bad_cases": [s["case_id"] for s in skipped],
         "slices": sum(r["shape"][2] for r in records),
         "lesions": sum(len(r["boxes"]) for r in records),
-        "folds": num_folds,
+        "folds": run["folds"],
+        "orphans": {kind: len(messages) for kind, messages in run["orphans"].items()},
         "seconds": round(time.perf_counter() - t0, 2),
     }
     logger.info("done: %s", summary)

@@ -12,7 +12,6 @@ Conventions (docs/DATA_FORMAT.md):
 Every problem with the input raises :class:`CohortError`, whose one-line message names the case,
 the file (or CSV line) and what is wrong.
 """
-import csv
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ from scipy import ndimage
 
 __all__ = [
     "CohortError",
+    "one_line",
     "CaseGeometry",
     "CaseVolume",
     "BoxRow",
@@ -35,6 +35,7 @@ __all__ = [
     "list_cases",
     "find_phase_sources",
     "iter_phase_images",
+    "iter_source_images",
     "read_case_phases",
     "read_phases_from_dir",
     "read_volume",
@@ -46,6 +47,8 @@ __all__ = [
     "read_box_rows",
     "read_boxes_csv",
     "check_box_in_volume",
+    "box_on_slices",
+    "merge_close_lesions",
     "label_lesions",
     "lesions_from_labels",
     "slice_boxes_from_boxes",
@@ -82,13 +85,16 @@ class CohortError(ValueError):
     """Bad input cohort; the message is one line naming the case, file or CSV line, and problem."""
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """Condense a (multi-line, ITK-style) exception message to its most useful single line."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for ln in lines:  # ITK messages put the reason on the line with "ERROR"
         if "ERROR" in ln:
             return ln
     return lines[-1] if lines else type(exc).__name__
+
+
+_one_line = one_line
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -229,9 +235,12 @@ class _PhaseSource(NamedTuple):
     """One phase on disk: a NIfTI file, or the file list of one DICOM series."""
 
     label: str  # path shown in messages (file, or series folder)
-    files: Tuple[str, ...]
+    files: Tuple[str, ...]  # DICOM: sorted by position along the slice normal (z order)
     is_dicom: bool
     volume_index: int  # time index inside a 4D NIfTI, else -1
+    file_numbers: Tuple[int, ...] = ()  # DICOM: file number of each of ``files`` (1-based)
+    description: str = ""  # DICOM SeriesDescription
+    rule: str = ""  # DICOM: how the phase was chosen (series map, description, ...)
 
 
 def _is_nifti(name: str) -> bool:
@@ -267,44 +276,24 @@ def _nifti_phase_sources(case_dir: str, case_id: str) -> List[_PhaseSource]:
     return [_PhaseSource(p, (p,), False, -1) for p in paths]
 
 
-def _dicom_series_number(path: str, case_id: str) -> int:
-    reader = _file_info(path, case_id, kind="DICOM")
-    if not reader.HasMetaDataKey("0020|0011"):
-        raise CohortError(f"case {case_id}: DICOM file {path} has no SeriesNumber (0020,0011)")
-    value = reader.GetMetaData("0020|0011").strip()
-    try:
-        return int(float(value))
-    except ValueError:
-        raise CohortError(
-            f"case {case_id}: DICOM file {path} has a non-numeric SeriesNumber {value!r}"
-        ) from None
+def _dicom_phase_sources(
+    case_dir: str, case_id: str, series_map=None, order: str = "description"
+) -> List[_PhaseSource]:
+    """The DCE phases among the DICOM series below ``case_dir``; see :mod:`.duke`."""
+    from .duke import choose_dce_phases  # duke imports this module
 
-
-def _dicom_phase_sources(case_dir: str, case_id: str) -> List[_PhaseSource]:
-    """Every DICOM series found below ``case_dir`` (any depth), ordered by SeriesNumber."""
-    found = []  # (series number, folder, files)
-    for root, dirs, names in os.walk(case_dir):
-        dirs.sort()
-        dcm = sorted(os.path.join(root, n) for n in names if n.lower().endswith(".dcm"))
-        if not dcm:
-            continue
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(root)
-        listed = set()
-        for sid in series_ids:
-            files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(root, sid))
-            listed.update(os.path.normpath(f) for f in files)
-            found.append((_dicom_series_number(files[0], case_id), root, files))
-        unlisted = [f for f in dcm if os.path.normpath(f) not in listed]
-        if unlisted:  # GDCM silently skips files it cannot parse: a truncated or foreign file.
-            raise CohortError(f"case {case_id}: unreadable DICOM file {unlisted[0]}")
-    found.sort(key=lambda t: t[0])
-    for (n0, d0, _), (n1, d1, _) in zip(found, found[1:]):
-        if n0 == n1:
-            raise CohortError(
-                f"case {case_id}: DICOM series in {d0} and {d1} share SeriesNumber {n0}; "
-                "cannot order the phases"
-            )
-    return [_PhaseSource(d, files, True, -1) for _, d, files in found]
+    return [
+        _PhaseSource(
+            label=p.label,
+            files=tuple(s.path for s in p.slices),
+            is_dicom=True,
+            volume_index=-1,
+            file_numbers=tuple(s.file_number for s in p.slices),
+            description=p.series.description,
+            rule=p.rule,
+        )
+        for p in choose_dce_phases(case_dir, case_id, series_map, order)
+    ]
 
 
 def _file_phase_sources(paths: Sequence[PathLike], case_id: str) -> List[_PhaseSource]:
@@ -312,7 +301,7 @@ def _file_phase_sources(paths: Sequence[PathLike], case_id: str) -> List[_PhaseS
     sources = []
     for p in map(os.fspath, paths):
         if os.path.isdir(p):
-            series = _dicom_phase_sources(p, case_id)
+            series = _dicom_phase_sources(p, case_id, order="series-number")
             if len(series) != 1:
                 raise CohortError(
                     f"case {case_id}: {p} holds {len(series)} DICOM series, expected one phase"
@@ -347,29 +336,40 @@ def _num_volumes(path: str, case_id: str) -> int:
 
 
 def find_phase_sources(
-    src: Union[PathLike, Sequence[PathLike]], case_id: Optional[str] = None
+    src: Union[PathLike, Sequence[PathLike]],
+    case_id: Optional[str] = None,
+    series_map=None,
+    dicom_order: str = "description",
 ) -> List[_PhaseSource]:
     """Locate the phases of one case, in phase order, without reading voxels.
 
     Args:
-        src: a case folder holding ``<case_id>_<phase:04d>.nii.gz`` files (MAMA-MIA naming), or a
-            case folder holding one DICOM series per phase in sub-folders (any depth; ordered by
-            SeriesNumber, Duke layout), or an explicit list of phase files / DICOM series folders
-            in phase order (a single 4D NIfTI file counts as all phases).
+        src: a case folder holding ``<case_id>_<phase:04d>.nii.gz`` files (MAMA-MIA naming; the
+            file prefix may differ in letter case), or a case folder holding DICOM series in
+            sub-folders at any depth (a TCIA download: the DCE phases are chosen among all its
+            series, see :mod:`breast_d2.data.duke`), or an explicit list of phase files / DICOM
+            series folders in phase order (a single 4D NIfTI file counts as all phases).
         case_id: name used in error messages; default the folder name.
+        series_map: :class:`~breast_d2.data.duke.SeriesMap` (TCIA's filepath mapping), which
+            decides the DICOM phases of the cases it holds.
+        dicom_order: ``"description"`` (SeriesDescription rules) or ``"series-number"`` (every
+            MR series of the folder is a phase, by SeriesNumber).
 
     Returns:
-        list of phase sources (opaque; pass to :func:`iter_phase_images`).
+        list of phase sources (opaque; pass to :func:`iter_source_images`).
 
     Raises:
-        CohortError: no phases found, a missing phase file, unordered DICOM series.
+        CohortError: no phases found, a missing phase file, DICOM phases that cannot be told
+            apart or that miss or repeat slices.
     """
     if isinstance(src, (str, os.PathLike)):
         case_dir = os.fspath(src)
         case_id = case_id or os.path.basename(os.path.normpath(case_dir))
         if not os.path.isdir(case_dir):
             raise CohortError(f"case {case_id}: no images ({case_dir} is not a folder)")
-        sources = _nifti_phase_sources(case_dir, case_id) or _dicom_phase_sources(case_dir, case_id)
+        sources = _nifti_phase_sources(case_dir, case_id) or _dicom_phase_sources(
+            case_dir, case_id, series_map, dicom_order
+        )
         where = case_dir
     else:
         case_id = case_id or "<files>"
@@ -487,28 +487,24 @@ def _check_same_grid(ref: CaseGeometry, geom: CaseGeometry, case_id: str, label:
         logger.warning("case %s: %s has another origin/direction than phase 0", case_id, label)
 
 
-def iter_phase_images(
-    src: Union[PathLike, Sequence[PathLike]], case_id: Optional[str] = None
+def iter_source_images(
+    sources: Sequence[_PhaseSource], case_id: str
 ) -> Iterator[Tuple[int, np.ndarray, CaseGeometry]]:
-    """Read the phases of one case one at a time, checking they share one voxel grid.
+    """Read found phases one at a time, checking they share one voxel grid.
 
     Lets callers keep only the phases they need in memory while every phase is still read and
     validated (a truncated unused phase is still an error).
 
     Args:
-        src, case_id: as in :func:`find_phase_sources`.
+        sources: from :func:`find_phase_sources`.
+        case_id: for messages.
 
     Yields:
         ``(phase_index, array [Z, Y, X] float32, geometry)``.
 
     Raises:
-        CohortError: see :func:`find_phase_sources`; unreadable/truncated files; phases whose size
-            or spacing differ.
+        CohortError: unreadable/truncated files; phases whose size or spacing differ.
     """
-    if isinstance(src, (str, os.PathLike)):
-        case_id = case_id or os.path.basename(os.path.normpath(os.fspath(src)))
-    sources = find_phase_sources(src, case_id)
-    case_id = case_id or "<files>"
     ref = None
     for k, source in enumerate(sources):
         image = _read_source(source, case_id)
@@ -518,6 +514,16 @@ def iter_phase_images(
         else:
             _check_same_grid(ref, geom, case_id, f"phase {k} ({source.label})")
         yield k, sitk.GetArrayViewFromImage(image).astype(np.float32), geom
+
+
+def iter_phase_images(
+    src: Union[PathLike, Sequence[PathLike]], case_id: Optional[str] = None
+) -> Iterator[Tuple[int, np.ndarray, CaseGeometry]]:
+    """:func:`find_phase_sources` then :func:`iter_source_images` (see both)."""
+    if isinstance(src, (str, os.PathLike)):
+        case_id = case_id or os.path.basename(os.path.normpath(os.fspath(src)))
+    sources = find_phase_sources(src, case_id)
+    yield from iter_source_images(sources, case_id or "<files>")
 
 
 def read_phases_from_dir(
@@ -630,18 +636,7 @@ class BoxRow(NamedTuple):
     line: int
 
 
-def _parse_header(header: List[str], path: str) -> List[int]:
-    names = [h.strip().lstrip("\ufeff") for h in header]
-    missing = [c for c in DUKE_COLUMNS if c not in names]
-    if missing:
-        raise CohortError(
-            f"{path} line 1: missing column(s) {', '.join(missing)} "
-            f"(expected header {','.join(DUKE_COLUMNS)})"
-        )
-    return [names.index(c) for c in DUKE_COLUMNS]
-
-
-def _parse_row(values: List[str], where: str) -> BoxRow:
+def _parse_row(values: Sequence[str], where: str) -> BoxRow:
     case_id = values[0].strip()
     check_case_id(case_id, where)
     ints = []
@@ -660,47 +655,43 @@ def _parse_row(values: List[str], where: str) -> BoxRow:
 
 
 def read_box_rows(path: PathLike) -> List[BoxRow]:
-    """Read a Duke ``Annotation_Boxes`` CSV into rows, in file order, with their line numbers.
+    """Read a Duke ``Annotation_Boxes`` table (``.xlsx`` as published, or ``.csv``) into rows.
 
     Columns ``Patient ID,Start Row,End Row,Start Column,End Column,Start Slice,End Slice``
-    (any order, extra columns ignored; 1-based inclusive; rows = y, columns = x, slices = z as
-    SimpleITK reads the volume). Several rows per patient = several lesions. Blank lines are
-    skipped.
+    (any order, extra columns ignored; 1-based inclusive; rows = y, columns = x as the DICOM
+    rows and columns, no flips; slices = z, which for a DICOM case is the *file number* of the
+    dynamic series, see :mod:`breast_d2.data.dicom`). Several rows per patient = several lesions.
+    Blank rows are skipped. A row repeated exactly (same patient and box) is kept once, with a
+    warning naming both lines: a duplicate must not count as a second mass.
 
     Returns:
-        list of :class:`BoxRow` with half-open ``[x0, y0, z0, x1, y1, z1]`` boxes.
+        list of :class:`BoxRow` in file order, with half-open ``[x0, y0, z0, x1, y1, z1]`` boxes
+        and their line (CSV) or row (workbook) numbers.
 
     Raises:
         CohortError: ``"<path> line N: case X: <problem>"`` for a missing column, a non-integer,
             a start below 1 or above its end, or an invalid case id.
     """
+    from .tables import iter_table, row_label  # tables imports this module
+
     path = os.fspath(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            rows, cols = [], None
-            for values in reader:
-                if not any(v.strip() for v in values):
-                    continue
-                if cols is None:
-                    cols = _parse_header(values, path)
-                    continue
-                where = f"{path} line {reader.line_num}: "
-                if len(values) <= max(cols):
-                    raise CohortError(
-                        f"{where}expected {len(DUKE_COLUMNS)} columns, got {len(values)}"
-                    )
-                row = _parse_row([values[i] for i in cols], where)
-                rows.append(row._replace(line=reader.line_num))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise CohortError(f"cannot read box CSV {path}: {_one_line(e)}") from None
-    if cols is None:
-        raise CohortError(f"{path} line 1: empty file, expected header {','.join(DUKE_COLUMNS)}")
+    rows: List[BoxRow] = []
+    first_line: Dict[Tuple[str, Tuple[int, ...]], int] = {}
+    for number, cells in iter_table(path, DUKE_COLUMNS):
+        where = f"{row_label(path, number)}: "
+        row = _parse_row([cells[c] for c in DUKE_COLUMNS], where)._replace(line=number)
+        key = (row.case_id, tuple(row.box))
+        if key in first_line:
+            logger.warning("%sduplicate of line %d (case %s, same box); kept once",
+                           where, first_line[key], row.case_id)  # fmt: skip
+            continue
+        first_line[key] = number
+        rows.append(row)
     return rows
 
 
 def read_boxes_csv(path: PathLike) -> Dict[str, List[Box3D]]:
-    """Read a Duke box CSV as ``{case_id: [[x0, y0, z0, x1, y1, z1], ...]}`` (half-open).
+    """Read a Duke box table as ``{case_id: [[x0, y0, z0, x1, y1, z1], ...]}`` (half-open).
 
     Rows keep their file order per case. See :func:`read_box_rows` for the format and errors.
     """
@@ -728,6 +719,43 @@ def check_box_in_volume(box: Sequence[int], size_xyz: Sequence[int], where: str)
             )
 
 
+def box_on_slices(
+    box: Sequence[int], size_xyz: Sequence[int], file_numbers: Sequence[int], where: str
+) -> Box3D:
+    """Place a box whose slice range counts DICOM file numbers on the position-sorted volume.
+
+    Duke's ``Annotation_Boxes`` give ``Start Slice..End Slice`` as file numbers of the dynamic
+    series (``1-NNN.dcm``), which in some cases run against slice position. The box covers the
+    volume slices whose files carry those numbers, whatever the sort order.
+
+    Args:
+        box: ``[x0, y0, z0, x1, y1, z1]`` half-open, z counted in file numbers (``z0 + 1`` ..
+            ``z1`` are the 1-based file numbers of :func:`duke_row_to_box`).
+        size_xyz: volume size ``(X, Y, Z)``.
+        file_numbers: file number of each volume slice z (length Z).
+        where: message prefix naming the case and table line.
+
+    Returns:
+        ``[x0, y0, z0', x1, y1, z1']`` half-open with z in volume slices.
+
+    Raises:
+        CohortError: the box leaves the grid in x/y, names file numbers the series lacks, or its
+            files are not on consecutive slices.
+    """
+    x0, y0, z0, x1, y1, z1 = (int(v) for v in box)
+    check_box_in_volume([x0, y0, 0, x1, y1, 1], [size_xyz[0], size_xyz[1], 1], where)
+    numbers = np.asarray(file_numbers)
+    zs = np.flatnonzero((numbers > z0) & (numbers <= z1))
+    if len(zs) != z1 - z0:
+        raise CohortError(
+            f"{where}box falls outside the series: Slices {z0 + 1}..{z1} (file numbers) but the "
+            f"series has file numbers {int(numbers.min())}..{int(numbers.max())}"
+        )
+    if zs[-1] - zs[0] + 1 != len(zs):
+        raise CohortError(f"{where}files {z0 + 1}..{z1} are not on consecutive slices")
+    return [x0, y0, int(zs[0]), x1, y1, int(zs[-1]) + 1]
+
+
 # ----------------------------------------------------------------------------- lesions
 
 
@@ -752,6 +780,69 @@ def label_lesions(label_zyx: np.ndarray) -> Tuple[np.ndarray, List[Box3D]]:
         zs, ys, xs = sl
         boxes.append([xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop])
     return components.astype(np.int32, copy=False), boxes
+
+
+def merge_close_lesions(
+    components: np.ndarray,
+    boxes: Sequence[Sequence[int]],
+    spacing_xyz: Sequence[float],
+    max_gap_mm: float,
+) -> Tuple[np.ndarray, List[Box3D]]:
+    """Merge lesions of :func:`label_lesions` that lie within ``max_gap_mm`` of each other.
+
+    Expert masks of one tumour sometimes come in pieces (MAMA-MIA marks the primary tumour only).
+    Two components join when the distance between their nearest voxel centres is at most
+    ``max_gap_mm`` (physical mm, with the voxel spacing); merging is transitive.
+
+    Args:
+        components: ``[Z, Y, X]`` int32, lesion i = value i + 1.
+        boxes: their half-open ``[x0, y0, z0, x1, y1, z1]`` boxes.
+        spacing_xyz: voxel spacing ``(sx, sy, sz)`` in mm.
+        max_gap_mm: 0 = no merging; ``inf`` = all components of the case form one lesion.
+
+    Returns:
+        ``(components, boxes)`` renumbered as :func:`label_lesions` numbers them.
+    """
+    n = len(boxes)
+    if n < 2 or max_gap_mm <= 0:
+        return components, [list(b) for b in boxes]
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    sampling = (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
+    for i in range(n):
+        if math.isinf(max_gap_mm):
+            parent[i] = 0
+            continue
+        # distances from lesion i inside its box grown by the gap (enough to see a neighbour)
+        grow = [int(math.ceil(max_gap_mm / s)) for s in sampling]
+        x0, y0, z0, x1, y1, z1 = boxes[i]
+        lo = [max(0, v - g) for v, g in zip((z0, y0, x0), grow)]
+        hi = [min(d, v + g) for v, g, d in zip((z1, y1, x1), grow, components.shape)]
+        crop = components[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        dist = ndimage.distance_transform_edt(crop != i + 1, sampling=sampling)
+        for j in np.unique(crop[(dist <= max_gap_mm) & (crop > 0)]):
+            parent[root(int(j) - 1)] = root(i)
+    lut = np.zeros(n + 1, np.int32)
+    for i in range(n):
+        lut[i + 1] = root(i) + 1
+    merged = lut[components]
+    # renumber 1.. by first voxel in raster (z, y, x) order, as label_lesions does
+    ids, first = np.unique(merged.ravel(), return_index=True)
+    order = [int(v) for _, v in sorted(zip(first[ids > 0], ids[ids > 0]))]
+    lut = np.zeros(n + 1, np.int32)
+    lut[order] = np.arange(1, len(order) + 1)
+    merged = lut[merged]
+    out_boxes = []
+    for sl in ndimage.find_objects(merged):
+        zs, ys, xs = sl
+        out_boxes.append([xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop])
+    return merged, out_boxes
 
 
 def lesions_from_labels(label_zyx: np.ndarray) -> List[Box3D]:
