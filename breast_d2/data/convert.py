@@ -31,7 +31,7 @@ from ..utils import write_json_atomic
 from .case_files import find_case_files
 from .duke import SeriesMap, find_collection_root, read_series_map
 from .masks import read_mask_on_grid
-from .tables import iter_table
+from .tables import iter_table, row_label
 from .volumes import (
     CaseGeometry,
     CohortError,
@@ -169,7 +169,7 @@ def _boxes_by_case(boxes_csv: str, cases: Sequence[str], images: str, orphans: d
         case_id = lookup.get(row.case_id.lower())
         if case_id is None:
             orphans.setdefault("box rows", []).append(
-                f"{boxes_csv} line {row.line}: case {row.case_id} has no images in {images}; "
+                f"{row_label(boxes_csv, row.line)}: case {row.case_id} has no images in {images}; "
                 "row skipped"
             )
             continue
@@ -252,7 +252,7 @@ def _case_lesions(job: _CaseJob, geom: CaseGeometry, file_numbers: Optional[List
         return boxes, slice_boxes_from_components(components, boxes)
     boxes = []
     for box, line in job.boxes or []:
-        where = f"{job.boxes_csv} line {line}: case {job.case_id}: "
+        where = f"{row_label(job.boxes_csv, line)}: case {job.case_id}: "
         if file_numbers is None:
             check_box_in_volume(box, geom.size, where)
             boxes.append(list(box))

@@ -47,7 +47,7 @@ from .dicom import (
     scan_case_series,
     sort_slices,
 )
-from .tables import iter_table
+from .tables import iter_table, row_label
 from .volumes import CohortError, PathLike
 
 __all__ = [
@@ -315,7 +315,7 @@ def _split_rel(path: str, row: int, table: str, column: str) -> Tuple[str, str, 
     parts = [p for p in path.replace("\\", "/").split("/") if p]
     if len(parts) < 4:
         raise CohortError(
-            f"{table} row {row}: {column} {path!r} is not <collection>/<case>/.../<file>.dcm"
+            f"{row_label(table, row)}: {column} {path!r} is not <collection>/<case>/.../<file>.dcm"
         )
     return parts[1], "/".join(parts[2:-1]), parts[-1]
 
@@ -348,7 +348,7 @@ def read_series_map(path: PathLike, case_ids: Optional[Iterable[str]] = None) ->
         original = cells["original_path_and_filename"].replace("\\", "/").split("/")
         if len(original) < 4:
             raise CohortError(
-                f"{path} row {row}: original_path_and_filename {cells[MAP_COLUMNS[0]]!r} is not "
+                f"{row_label(path, row)}: original_path_and_filename {cells[MAP_COLUMNS[0]]!r} is not "
                 "DICOM_Images/<case>/<sequence>/<file>_<NNN>.dcm"
             )
         sequence = original[-2]
@@ -357,7 +357,7 @@ def read_series_map(path: PathLike, case_ids: Optional[Iterable[str]] = None) ->
             continue
         number = _MAP_NUMBER_RE.search(original[-1])
         if number is None:
-            raise CohortError(f"{path} row {row}: no _<NNN>.dcm number in {original[-1]!r}")
+            raise CohortError(f"{row_label(path, row)}: no _<NNN>.dcm number in {original[-1]!r}")
         case, desc_folder, desc_file = _split_rel(cells["descriptive_path"], row, path,
                                                   "descriptive_path")  # fmt: skip
         _, classic_folder, classic_file = _split_rel(cells["classic_path"], row, path,
@@ -394,7 +394,7 @@ def _choose_by_map(
             path = os.path.join(case_dir, *rel.split("/"), name)
             if header is None or not os.path.isfile(path):
                 raise CohortError(
-                    f"{table} row {row}: case {case_id}: {rel}/{name} does not exist "
+                    f"{row_label(table, row)}: case {case_id}: {rel}/{name} does not exist "
                     "(incomplete download, or a map for another download)"
                 )
             files_by_phase.setdefault(phase, []).append((header, path, number))
