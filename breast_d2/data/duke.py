@@ -464,15 +464,18 @@ def choose_dce_phases(
 def find_collection_root(images: PathLike) -> str:
     """The folder of case folders inside what the user passed as ``--images``.
 
-    Accepts the NBIA manifest folder (``manifest-<digits>/`` holding ``metadata.csv`` and one
-    collection folder), the collection folder (``Duke-Breast-Cancer-MRI/``), or any folder of
+    Accepts the NBIA manifest folder (``manifest-<digits>/``, or any folder holding NBIA's
+    ``metadata.csv``, with one collection folder inside), the collection folder (``Duke-Breast-Cancer-MRI/``), or any folder of
     case folders; returns the last two unchanged.
 
     Raises:
         CohortError: a manifest folder holding several collections.
     """
     images = os.fspath(images)
-    if not os.path.isfile(os.path.join(images, "metadata.csv")):
+    manifest = os.path.isfile(os.path.join(images, "metadata.csv")) or re.match(
+        r"^manifest-\d+$", os.path.basename(os.path.normpath(images))
+    )
+    if not manifest:
         return images
     subs = sorted(n for n in os.listdir(images)
                   if not n.startswith(".") and os.path.isdir(os.path.join(images, n)))  # fmt: skip
