@@ -73,6 +73,11 @@ def get_parser() -> argparse.ArgumentParser:
         help="label volumes: join components at most this far apart (mm) into one lesion; "
         "0 = every component is a lesion (default), inf = one lesion per case",
     )  # fmt: skip
+    parser.add_argument(
+        "--resample-phases", action="store_true",
+        help="resample a phase that is off phase 0's voxel grid (> half a voxel) onto it, "
+        "instead of stopping",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--resume", action="store_true", help="skip cases finished earlier")
     parser.add_argument(
@@ -107,6 +112,7 @@ def main(argv=None) -> int:
             skip_bad_cases=args.skip_bad_cases,
             splits_from=args.splits_from,
             merge_lesions_mm=args.merge_lesions_mm,
+            resample_phases=args.resample_phases,
         )
     except (CohortError, OSError) as e:
         sys.stderr.write(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")

@@ -12,11 +12,15 @@ its small record (``OUT/.convert_state/<case_id>.json``, used by ``resume``) is 
 case is either finished or absent; JSON files are written to a temporary file and ``os.replace``-d.
 A failing case stops the conversion with a :class:`~breast_d2.data.volumes.CohortError` naming it.
 """
+import fcntl
+import glob
+import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -66,6 +70,8 @@ _STATE_DIR = ".convert_state"  # per-case records of finished cases (what resume
 _TMP_DIR = ".tmp"  # per-case temporary folders, renamed into place when complete
 _LOG_NAME = "convert.log"
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_LOCK_NAME = ".convert.lock"  # flock-ed while a converter writes OUT
+_PARENT_PID: Optional[int] = None  # in a worker process: the converter that started it
 _PNG_COMPRESS_LEVEL = 1  # zlib level 1: PNG writing dominates conversion; level 6 is ~2x slower
 
 
@@ -228,7 +234,8 @@ def _read_case(job: _CaseJob):
             f"expects {expected}"
         )
     phases, geom = {}, None
-    for k, array, geom in iter_source_images(sources, job.case_id):
+    resample = job.settings.get("resample_phases", False)
+    for k, array, geom in iter_source_images(sources, job.case_id, resample):
         if k in needed:
             phases[k] = array
     missing = sorted(needed - set(phases))
@@ -264,6 +271,7 @@ def _case_lesions(job: _CaseJob, geom: CaseGeometry, file_numbers: Optional[List
 def _write_case(job: _CaseJob, tmp: str) -> dict:
     """Write the slices (and mask) of one case into ``tmp``; return its record."""
     t0 = time.perf_counter()
+    fingerprint = inputs_fingerprint(job)  # before reading: a change while we read shows next time
     try:
         phases, geom, num_phases, provenance, file_numbers = _read_case(job)
         boxes, slice_boxes = _case_lesions(job, geom, file_numbers)
@@ -297,6 +305,7 @@ def _write_case(job: _CaseJob, tmp: str) -> dict:
         "boxes": boxes,
         "slice_boxes": slice_boxes,
         "settings": job.settings,
+        "inputs": fingerprint,
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
@@ -328,6 +337,8 @@ def _commit_case(job: _CaseJob, tmp: str, record: dict) -> None:
 
 def _convert_case(job: _CaseJob) -> dict:
     """Convert one case atomically (worker entry point); returns its record."""
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(1)  # orphaned worker (no PR_SET_PDEATHSIG on this system): never write on
     tmp = tempfile.mkdtemp(prefix=job.case_id + ".", dir=os.path.join(job.out, _TMP_DIR))
     try:
         record = _write_case(job, tmp)
@@ -340,8 +351,28 @@ def _convert_case(job: _CaseJob) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def inputs_fingerprint(job: _CaseJob) -> str:
+    """Hash of the size and modification time of every input file of a case.
+
+    Covers the case's image folder (every file below it), its label volume and its mask; the
+    box table is re-read on every run anyway. ``resume`` redoes a case whose fingerprint changed.
+    """
+    entries = []
+    for root, dirs, names in os.walk(job.case_dir):
+        dirs.sort()
+        for name in sorted(names):
+            entries.append(os.path.relpath(os.path.join(root, name), job.case_dir))
+    paths = [os.path.join(job.case_dir, e) for e in entries]
+    paths += [p for p in (job.label_path, job.mask_path) if p is not None]
+    digest = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
 def _finished_record(job: _CaseJob) -> Optional[dict]:
-    """The record of an already finished case with the same settings, else None."""
+    """The record of an already finished case with the same settings and inputs, else None."""
     slices_dst, masks_dst, record_dst = _case_paths(job.out, job.case_id)
     if not (os.path.isfile(record_dst) and os.path.isdir(slices_dst)):
         return None
@@ -352,13 +383,35 @@ def _finished_record(job: _CaseJob) -> Optional[dict]:
             record = json.load(f)
     except (OSError, ValueError):
         return None
-    return record if record.get("settings") == job.settings else None
+    if record.get("settings") != job.settings:
+        return None
+    if record.get("inputs") != inputs_fingerprint(job):
+        logger.warning("case %s: its input files changed since it was converted; converting again",
+                       job.case_id)  # fmt: skip
+        return None
+    return record
 
 
 # ----------------------------------------------------------------------------- running cases
 
 
-def _init_worker(log_path: str) -> None:
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies (a killed converter leaves none)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: _convert_case checks the parent instead
+        pass
+
+
+def _init_worker(log_path: str, parent_pid: int) -> None:
+    _die_with_parent()
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    global _PARENT_PID
+    _PARENT_PID = parent_pid
     # One thread per worker process: parallelism comes from the pool, not from ITK.
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     root = logging.getLogger("breast_d2")
@@ -415,7 +468,7 @@ def _run_jobs(
                 finish(job, lambda: _convert_case(job))
             return records, skipped
         with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker,
-                                 initargs=(log_path,)) as pool:  # fmt: skip
+                                 initargs=(log_path, os.getpid())) as pool:  # fmt: skip
             pending = {pool.submit(_convert_case, job): job for job in jobs}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_EXCEPTION)
@@ -622,6 +675,7 @@ def convert_cohort(
     skip_bad_cases: bool = False,
     splits_from: Optional[PathLike] = None,
     merge_lesions_mm: float = 0.0,
+    resample_phases: bool = False,
 ) -> dict:
     """Convert a cohort to the converted-folder layout of docs/DATA_FORMAT.md.
 
@@ -660,6 +714,9 @@ def convert_cohort(
         merge_lesions_mm: label volumes: components whose voxel centres lie at most this far
             apart (mm) form one lesion; 0 (default) = every 26-connected component is a lesion,
             ``inf`` = one lesion per case.
+        resample_phases: resample a phase that is not on phase 0's voxel grid (other size or
+            spacing, or shifted/rotated by more than half a voxel) onto it by physical position,
+            instead of stopping with an error naming the case and phase.
 
     Returns:
         summary dict with keys ``out, cases, converted, resumed, bad_cases`` (ids skipped by
@@ -693,14 +750,19 @@ def convert_cohort(
         "dicom_order": dicom_order,
         "phases": phases,
         "merge_lesions_mm": float(merge_lesions_mm),
+        "resample_phases": bool(resample_phases),
     }
     smap = read_series_map(series_map, cases) if series_map else None
     orphans: Dict[str, List[str]] = {}  # warnings on table rows / files without images
     jobs = _make_jobs(images, out, cases, boxes_csv, labels, masks, settings, smap, orphans)
 
-    os.makedirs(os.path.join(out, _TMP_DIR), exist_ok=True)
     os.makedirs(os.path.join(out, _STATE_DIR), exist_ok=True)
+    lock = _lock_out(out)
+    stray = _remove_stray_temp_files(out)
+    os.makedirs(os.path.join(out, _TMP_DIR), exist_ok=True)
     handler = _start_log(out)
+    if stray:
+        logger.info("removed %d temporary file(s) left by an interrupted run", stray)
     pkg_logger, old_level = logging.getLogger("breast_d2"), logging.getLogger("breast_d2").level
     pkg_logger.addHandler(handler)
     pkg_logger.setLevel(min(old_level or logging.INFO, logging.INFO))
@@ -718,6 +780,48 @@ def convert_cohort(
         pkg_logger.removeHandler(handler)
         pkg_logger.setLevel(old_level)
         handler.close()
+        _unlock_out(out, lock)
+
+
+def _lock_out(out: str) -> int:
+    """Hold ``OUT/.convert.lock`` (flock) so that no second converter writes the same folder.
+
+    The lock goes with the process (and its workers): a killed converter never leaves it stale.
+
+    Raises:
+        CohortError: another converter holds it (names its process id).
+    """
+    path = os.path.join(out, _LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise CohortError(
+            f"output folder {out} is being written by another converter (process {holder}, lock "
+            f"{path}); wait for it to finish or stop it"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _unlock_out(out: str, fd: int) -> None:
+    try:
+        os.remove(os.path.join(out, _LOCK_NAME))
+    finally:
+        os.close(fd)
+
+
+def _remove_stray_temp_files(out: str) -> int:
+    """Delete the ``.tmp-*`` files an interrupted run left (atomic writes never renamed)."""
+    stray = glob.glob(os.path.join(out, ".tmp-*")) + glob.glob(os.path.join(out, _STATE_DIR,
+                                                                           ".tmp-*"))  # fmt: skip
+    for path in stray:
+        if os.path.isfile(path):
+            os.remove(path)
+    return len(stray)
 
 
 def _convert(jobs, out, run, handler, t0) -> dict:

@@ -36,6 +36,7 @@ __all__ = [
     "find_phase_sources",
     "iter_phase_images",
     "iter_source_images",
+    "grid_misalignment_mm",
     "read_case_phases",
     "read_phases_from_dir",
     "read_volume",
@@ -79,6 +80,8 @@ _PHASE_RE = re.compile(r"^(?P<prefix>.+)_(?P<phase>\d{4})\.nii(\.gz)?$")
 _CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 # Relative tolerance when comparing spacings of phases of one case (header rounding noise).
 _SPACING_RTOL = 1e-3
+# Phases whose corner voxels lie further apart than this many voxels are not on one grid.
+_ALIGN_TOL_VOXELS = 0.5
 
 
 class CohortError(ValueError):
@@ -468,51 +471,84 @@ def _read_source(source: _PhaseSource, case_id: str) -> sitk.Image:
     return image
 
 
+def _corners_mm(geom: CaseGeometry) -> np.ndarray:
+    """World positions (mm) of the 8 corner voxel centres of a grid, ``[8, 3]``."""
+    direction = np.asarray(geom.direction).reshape(3, 3)
+    idx = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float)
+    idx *= np.asarray(geom.size, float) - 1
+    return np.asarray(geom.origin) + (idx * np.asarray(geom.spacing)) @ direction.T
+
+
+def grid_misalignment_mm(ref: CaseGeometry, geom: CaseGeometry) -> float:
+    """Largest distance (mm) between matching corner voxels of two grids of the same size."""
+    return float(np.max(np.linalg.norm(_corners_mm(ref) - _corners_mm(geom), axis=1)))
+
+
 def _check_same_grid(ref: CaseGeometry, geom: CaseGeometry, case_id: str, label: str) -> None:
-    """Raise if ``geom`` differs from ``ref`` in size or spacing; warn on origin/direction."""
+    """Raise if ``geom`` is not ``ref``'s voxel grid (see :func:`iter_source_images`)."""
     if geom.size != ref.size:
         raise CohortError(
-            f"case {case_id}: {label} has size {list(geom.size)} (XYZ) but the first phase has "
-            f"{list(ref.size)}"
+            f"case {case_id}: {label} has size {list(geom.size)} (XYZ) but phase 0 has "
+            f"{list(ref.size)}; pass --resample-phases to resample it onto phase 0"
         )
     if not np.allclose(geom.spacing, ref.spacing, rtol=_SPACING_RTOL, atol=1e-6):
         raise CohortError(
-            f"case {case_id}: {label} has spacing {list(geom.spacing)} mm but the first phase has "
-            f"{list(ref.spacing)} mm"
+            f"case {case_id}: {label} has spacing {list(geom.spacing)} mm but phase 0 has "
+            f"{list(ref.spacing)} mm; pass --resample-phases to resample it onto phase 0"
         )
-    if not (
-        np.allclose(geom.origin, ref.origin, atol=1e-2)
-        and np.allclose(geom.direction, ref.direction, atol=1e-4)
-    ):
-        logger.warning("case %s: %s has another origin/direction than phase 0", case_id, label)
+    shift = grid_misalignment_mm(ref, geom)
+    if shift > _ALIGN_TOL_VOXELS * min(ref.spacing):
+        raise CohortError(
+            f"case {case_id}: {label} is misaligned with phase 0 by up to {shift:.2f} mm (origin "
+            f"or direction differ; tolerance half a voxel, {_ALIGN_TOL_VOXELS * min(ref.spacing):.2f}"
+            " mm); pass --resample-phases to resample it onto phase 0"
+        )
+
+
+def _resample_onto(image: sitk.Image, ref: sitk.Image) -> sitk.Image:
+    """``image`` on ``ref``'s voxel grid by physical position (linear; outside = 0)."""
+    return sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
 def iter_source_images(
-    sources: Sequence[_PhaseSource], case_id: str
+    sources: Sequence[_PhaseSource], case_id: str, resample: bool = False
 ) -> Iterator[Tuple[int, np.ndarray, CaseGeometry]]:
     """Read found phases one at a time, checking they share one voxel grid.
 
     Lets callers keep only the phases they need in memory while every phase is still read and
     validated (a truncated unused phase is still an error).
 
+    Phases must lie on phase 0's grid: same size and spacing, and corner voxels at most half a
+    voxel (of the finest spacing) apart in world space, which allows header rounding but not a
+    shifted or flipped acquisition. With ``resample``, a phase off the grid is instead resampled
+    onto phase 0's grid by physical position (linear), with one warning.
+
     Args:
         sources: from :func:`find_phase_sources`.
         case_id: for messages.
+        resample: resample phases that are not on phase 0's grid instead of refusing them.
 
     Yields:
-        ``(phase_index, array [Z, Y, X] float32, geometry)``.
+        ``(phase_index, array [Z, Y, X] float32, geometry)``; the geometry is phase 0's.
 
     Raises:
-        CohortError: unreadable/truncated files; phases whose size or spacing differ.
+        CohortError: unreadable/truncated files; a phase off phase 0's grid (without
+            ``resample``).
     """
-    ref = None
+    ref, ref_image = None, None
     for k, source in enumerate(sources):
         image = _read_source(source, case_id)
         geom = CaseGeometry.from_image(image)
         if ref is None:
-            ref = geom
+            ref, ref_image = geom, image
         else:
-            _check_same_grid(ref, geom, case_id, f"phase {k} ({source.label})")
+            try:
+                _check_same_grid(ref, geom, case_id, f"phase {k} ({source.label})")
+            except CohortError as e:
+                if not resample:
+                    raise
+                logger.warning("%s; resampled onto phase 0", str(e).split("; pass")[0])
+                image, geom = _resample_onto(image, ref_image), ref
         yield k, sitk.GetArrayViewFromImage(image).astype(np.float32), geom
 
 
