@@ -46,7 +46,7 @@ SIZE_DIVISOR = 32
 
 
 def load_cases(data_root: str) -> Dict[str, dict]:
-    """``cases.json`` as ``{case_id: entry}`` (keys: case_id, shape [X,Y,Z], spacing, boxes, ...)."""
+    """``cases.json`` as ``{case_id: entry}`` (case_id, shape [X,Y,Z], spacing, boxes, ...)."""
     with open(os.path.join(data_root, "cases.json")) as f:
         return {c["case_id"]: c for c in json.load(f)["cases"]}
 
