@@ -190,3 +190,85 @@ def test_eval_tool(toy, capsys):
     assert code == 2 and res.err.startswith("error: run unet fold 0")
     code, res = _run_tool("eval_breast_seg", ["--data", toy, "--run", "nonsense", "--out", out], capsys)
     assert code == 2 and res.err.strip() == "error: --run must be NAME=PATH, got 'nonsense'"
+
+
+# ---- cohorts where only some cases have a ground-truth mask ----------------------------------
+@pytest.fixture
+def partial(tmp_path):
+    """4 cases; TOY0001 and TOY0002 have no GT mask; fold 0: train TOY0001/3, val TOY0000/2."""
+    root = str(tmp_path)
+    make_toy_converted(root, num_cases=4, num_slices=4, height=48, width=64,
+                       unmasked=["TOY0001", "TOY0002"])
+    return root
+
+
+def _manifest(root, fold):
+    with open(os.path.join(root, "masks", f"fold{fold}", "manifest.json")) as f:
+        return json.load(f)
+
+
+def test_fold_masks_for_cases_without_gt(partial, capsys):
+    weights = _save_ckpt(os.path.join(partial, "f0.pth"), 0, ["TOY0003"])  # the masked train case
+    code, res = _run_tool("predict_breast_masks", ["--data", partial, "--fold", "0", "--weights",
+                                                   weights, "--source", "gt"], capsys)
+    assert code == 0, res.err
+    cases = _manifest(partial, 0)["cases"]
+    assert set(cases) == {"TOY0000", "TOY0001", "TOY0002", "TOY0003"}
+    assert {c: e["source"] for c, e in cases.items()} == {
+        "TOY0000": "model", "TOY0002": "model",  # validation: always the model
+        "TOY0001": "model",  # a training case without a GT mask
+        "TOY0003": "gt"}
+    for case_id in cases:
+        assert len(os.listdir(os.path.join(partial, "masks", "fold0", case_id))) == 4
+    assert verify_fold_masks(partial, 0) == []
+
+
+def test_all_unseen_writes_cases_outside_the_fold_the_model_never_saw(partial, capsys):
+    # a held-out set: TOY0002 and TOY0003 leave fold 0's splits
+    splits_path = os.path.join(partial, "splits.json")
+    with open(splits_path) as f:
+        splits = json.load(f)
+    splits["folds"][0] = {"fold": 0, "train": ["TOY0001"], "val": ["TOY0000"]}
+    with open(splits_path, "w") as f:
+        json.dump(splits, f)
+    weights = _save_ckpt(os.path.join(partial, "f0.pth"), 0, ["TOY0001", "TOY0003"])
+    args = ["--data", partial, "--fold", "0", "--weights", weights]
+    assert _run_tool("predict_breast_masks", args, capsys)[0] == 0
+    assert set(_manifest(partial, 0)["cases"]) == {"TOY0000", "TOY0001"}
+    code, res = _run_tool("predict_breast_masks", args + ["--all-unseen"], capsys)
+    assert code == 0, res.err
+    manifest = _manifest(partial, 0)
+    # TOY0003 is outside the fold but the checkpoint trained on it: no mask for it
+    assert {c: e["role"] for c, e in manifest["cases"].items()} == {
+        "TOY0000": "val", "TOY0001": "train", "TOY0002": "unseen"}
+    assert manifest["cases"]["TOY0002"]["source"] == "model" and manifest["all_unseen"] is True
+    assert "TOY0002" not in manifest["train_cases"]
+    # the leak guarantee holds as before
+    leak = _save_ckpt(os.path.join(partial, "leak.pth"), 0, ["TOY0000"])
+    code, res = _run_tool("predict_breast_masks", ["--data", partial, "--fold", "0", "--weights",
+                                                   leak, "--all-unseen"], capsys)
+    assert code == 2 and res.err.startswith("error: refusing") and "TOY0000" in res.err
+
+
+def test_eval_tool_scores_only_masked_validation_cases(partial, capsys):
+    for k in (0, 1):
+        _save_ckpt(os.path.join(partial, f"fold{k}.pth"), k, ["TOY0003"] if k == 0 else [])
+    out = os.path.join(partial, "eval")
+    tmpl = os.path.join(partial, "fold{fold}.pth")
+    code, res = _run_tool("eval_breast_seg", ["--data", partial, "--run", f"unet={tmpl}",
+                                              "--out", out], capsys)
+    assert code == 0, res.err
+    rows = open(os.path.join(out, "seg_per_case.csv")).read().splitlines()[1:]
+    # fold 0 val: TOY0000 (mask), TOY0002 (none); fold 1 val: TOY0001 (none), TOY0003 (mask)
+    assert sorted(r.split(",")[3] for r in rows) == ["TOY0000", "TOY0003"]
+    cases_path = os.path.join(partial, "cases.json")
+    with open(cases_path) as f:
+        cases = json.load(f)
+    for c in cases["cases"]:
+        c["has_mask"] = c["case_id"] == "TOY0000"
+    with open(cases_path, "w") as f:
+        json.dump(cases, f)
+    code, res = _run_tool("eval_breast_seg", ["--data", partial, "--run", f"unet={tmpl}",
+                                              "--folds", "1", "--out", out], capsys)
+    assert code == 2 and res.err.strip().splitlines()[-1] == (
+        "error: no validation case of the selected folds has a ground-truth breast mask")

@@ -1,5 +1,7 @@
 """Tests of breast_d2.segmentation.data and train (tiny toy cohort in a temp dir)."""
 import importlib.util
+import json
+import logging
 import os
 import tempfile
 
@@ -19,6 +21,7 @@ from breast_d2.segmentation import (
     train_segmentation,
     unletterbox,
 )
+from breast_d2.segmentation.data import has_gt_mask, load_cases, split_by_gt_mask
 from breast_d2.segmentation.toy import make_toy_converted
 
 torch.set_num_threads(2)
@@ -135,3 +138,55 @@ def test_train_cli_errors(toy, capsys):
     assert code == 2 and err.startswith("error: ")
     code, err = _cli("--data", toy, "--fold", "0", "--out", os.path.join(toy, "x"), "--resume", capsys=capsys)
     assert code == 2 and "no checkpoint" in err
+
+
+# ---- cohorts where only some cases have a ground-truth mask (Duke: ~100 of 922) -------------
+def _partial_toy(root, unmasked):
+    make_toy_converted(root, num_cases=6, num_slices=8, unmasked=unmasked)
+    return root
+
+
+def test_split_by_gt_mask_uses_cases_json_then_the_folder(tmp_path):
+    root = _partial_toy(str(tmp_path), unmasked=["TOY0002", "TOY0003"])
+    ids = [f"TOY{i:04d}" for i in range(6)]
+    with_mask, without = split_by_gt_mask(root, ids)
+    assert without == ["TOY0002", "TOY0003"] and with_mask == [c for c in ids if c not in without]
+    cases = load_cases(root)
+    assert has_gt_mask(root, "TOY0000", {"case_id": "TOY0000"})  # no key: the folder decides
+    assert not has_gt_mask(root, "TOY0002", {"case_id": "TOY0002"})
+    with pytest.raises(FileNotFoundError, match="TOY0003"):  # cases.json and disk disagree
+        has_gt_mask(root, "TOY0003", {**cases["TOY0003"], "has_mask": True})
+
+
+def test_training_uses_only_masked_cases(tmp_path, caplog):
+    # fold 0: train TOY0001/3/5, val TOY0000/2/4
+    root = _partial_toy(str(tmp_path), unmasked=["TOY0002", "TOY0003", "TOY0005"])
+    out = os.path.join(root, "run")
+    with caplog.at_level(logging.INFO, logger="breast_d2.segmentation.train"):
+        result = train_segmentation(root, 0, out, _cfg(epochs=1), progress=False)
+    assert any("1 of 3 training and 2 of 3 validation cases" in r.getMessage()
+               for r in caplog.records)
+    ckpt = load_checkpoint(os.path.join(out, "model_last.pth"))
+    assert ckpt["train_cases"] == ["TOY0001"]  # the masked training cases only
+    assert ckpt["val_cases"] == load_fold(root, 0)[1]  # every validation case of the fold
+    assert np.isfinite(result["last_dsc"])  # validated on TOY0000 and TOY0004
+
+
+def test_fold_without_masked_training_cases_is_an_error(tmp_path, capsys):
+    root = _partial_toy(str(tmp_path), unmasked=["TOY0001", "TOY0003", "TOY0005"])
+    with pytest.raises(ValueError, match="fold 0: none of its 3 training cases has a ground-truth"):
+        train_segmentation(root, 0, os.path.join(root, "run"), _cfg(epochs=1), progress=False)
+    code, err = _cli("--data", root, "--fold", "0", "--out", os.path.join(root, "x"),
+                     "--encoder", "resnet18", "--input-size", "32", capsys=capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith(
+        "error: fold 0: none of its 3 training cases")
+
+
+def test_no_validation_masks_means_no_dsc_and_no_best(tmp_path):
+    root = _partial_toy(str(tmp_path), unmasked=["TOY0000", "TOY0002", "TOY0004"])
+    out = os.path.join(root, "run")
+    result = train_segmentation(root, 0, out, _cfg(epochs=1), progress=False)
+    assert np.isnan(result["last_dsc"]) and np.isnan(result["best_dsc"])
+    assert os.path.isfile(os.path.join(out, "model_last.pth"))
+    assert not os.path.exists(os.path.join(out, "model_best.pth"))
+    assert json.load(open(os.path.join(out, "metrics.json")))[0]["val_dsc"] is None

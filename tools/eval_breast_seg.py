@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Per-case and per-fold DSC / Jaccard / segmentation sensitivity of breast-region models.
 
-Each fold's checkpoint is evaluated on that fold's validation cases, on whole volumes; a
-checkpoint that trained on one of them is refused. Writes OUT/seg_per_case.csv,
+Each fold's checkpoint is evaluated on that fold's validation cases that have a ground-truth
+breast mask (cases.json "has_mask"; all cases in older folders), on whole volumes; a checkpoint
+that trained on any validation case of the fold is refused. A fold without a masked validation
+case is skipped with a warning. Writes OUT/seg_per_case.csv,
 OUT/seg_per_fold.csv and OUT/seg_table.md (mean ± sd over folds, runs side by side, then the
 study's per-fold tables) and prints the markdown.
 
@@ -35,7 +37,15 @@ from breast_d2.segmentation import (
     per_fold_rows,
     write_csv,
 )
-from breast_d2.segmentation.data import load_case_gt, load_case_images, load_cases
+from breast_d2.segmentation.data import (
+    load_case_gt,
+    load_case_images,
+    load_cases,
+    split_by_gt_mask,
+)
+from breast_d2.utils import write_atomic
+
+logger = logging.getLogger("eval_breast_seg")
 
 
 def parse_args(argv=None):
@@ -98,11 +108,25 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     cases = load_cases(args.data)
+    masked = {}
+    for fold in folds:
+        try:
+            masked[fold] = split_by_gt_mask(args.data, load_fold(args.data, fold)[1])[0]
+        except FileNotFoundError as e:
+            fail(str(e))
+        if not masked[fold]:
+            logger.warning("fold %d: no validation case has a ground-truth mask; skipped", fold)
+    if not any(masked.values()):
+        fail("no validation case of the selected folds has a ground-truth breast mask")
     case_rows = []
     for (name, fold), (ckpt_path, val_ids) in checkpoints.items():
+        if not masked[fold]:
+            continue
         predictor = BreastMaskPredictor(ckpt_path, args.device, batch_size=args.batch_size)
         label = ARCH_LABELS.get(name, name)
-        for case_id in val_ids:
+        logger.info("run %s fold %d: %d of %d validation cases have a ground-truth mask",
+                    name, fold, len(masked[fold]), len(val_ids))  # fmt: skip
+        for case_id in masked[fold]:
             zs, images = load_case_images(args.data, case_id)
             spacing = cases.get(case_id, {}).get("spacing", [1.0, 1.0])[:2]
             pred = predictor.predict_case(images, 0.0, spacing, postprocess=args.postprocess)
@@ -114,8 +138,7 @@ def main(argv=None) -> int:
     write_csv(case_rows, os.path.join(args.out, "seg_per_case.csv"))
     write_csv(fold_rows, os.path.join(args.out, "seg_per_fold.csv"))
     table = markdown_report(fold_rows)
-    with open(os.path.join(args.out, "seg_table.md"), "w") as f:
-        f.write(table)
+    write_atomic(os.path.join(args.out, "seg_table.md"), lambda f: f.write(table))
     print(table)
     return 0
 

@@ -6,6 +6,12 @@ checkpoint's train_cases are checked; a leak is refused). Training cases get the
 mask, or a copy of masks/gt with --source gt. OUT/masks/fold{K}/manifest.json records the
 weights, the checkpoint's train_cases and each case's source.
 
+Cohorts where only some cases have a ground-truth breast mask (Duke: ~100 of 922): train the
+model per fold on the masked cases (tools/train_breast_seg.py does that), then this writes the
+model's masks for every case of the fold, masked or not; --source gt copies masks/gt only where
+a training case has one. --all-unseen also writes masks for the cases of cases.json outside the
+fold's splits (a held-out test set) that the checkpoint did not train on.
+
 Example:
     python tools/predict_breast_masks.py --data datasets/phantom_coco --fold 0 \
         --weights output/seg/unetplusplus/fold0/model_last.pth
@@ -32,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--dilate-mm", type=float, default=0.0, help="in-plane dilation, all cases")
     p.add_argument("--min-component-fraction", type=float, default=0.1,
                    help="keep 3D components >= this fraction of the largest")
+    p.add_argument("--all-unseen", action="store_true",
+                   help="also cases outside the fold's splits that the checkpoint never saw")
     p.add_argument("--resume", action="store_true", help="skip cases already in the manifest")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
@@ -58,7 +66,7 @@ def main(argv=None) -> int:
         manifest = write_fold_masks(
             args.data, args.fold, args.weights, source=args.source, dilation_mm=args.dilate_mm,
             resume=args.resume, device=args.device, batch_size=args.batch_size,
-            min_component_fraction=args.min_component_fraction,
+            min_component_fraction=args.min_component_fraction, all_unseen=args.all_unseen,
         )
     except FoldLeakError as e:
         fail(f"refusing to write fold {args.fold} masks: {e}")

@@ -15,6 +15,7 @@ import torch
 
 from breast_d2.cli import OneLineErrorParser, fail
 from breast_d2.segmentation import ARCHS, SegTrainConfig, load_fold, train_segmentation
+from breast_d2.utils import jsonable
 
 EPILOG = """\
 Study settings kept: SGD (momentum 0.9), 50 epochs, batch size 5, horizontal flips, 1 labelled
@@ -24,6 +25,9 @@ resolution: use --input-size 0, or 512); the encoder is an SMP ResNet trained fr
 (--encoder resnet18 is about twice as fast as resnet34); the study gives no segmentation learning
 rate (--lr 0.01 here). Writes OUT/model_last.pth, model_best.pth (by validation DSC; optimistic,
 the study evaluated the last epoch), metrics.json and log.txt.
+Only cases with a ground-truth breast mask (cases.json "has_mask") train and validate, e.g. the
+~100 Duke cases of the breast-mask supplement; the log says how many. A fold whose training cases
+have no mask is an error; without validation masks there is no DSC and no model_best.pth.
 """
 
 
@@ -105,7 +109,7 @@ def main(argv=None) -> int:
         result = train_segmentation(args.data, args.fold, args.out, cfg, resume=resume)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    print(json.dumps({k: result[k] for k in ("epoch", "best_dsc", "last_dsc")}))
+    print(json.dumps(jsonable({k: result[k] for k in ("epoch", "best_dsc", "last_dsc")})))
     return 0
 
 

@@ -3,7 +3,15 @@
 The detection side uses :class:`BreastMaskPredictor` (``INPUT.BREAST_MASK.SOURCE=model``) and
 the fold-correct mask folders written by :func:`write_fold_masks`.
 """
-from .data import BreastSliceDataset, labelled_slices, letterbox, load_fold, unletterbox
+from .data import (
+    BreastSliceDataset,
+    has_gt_mask,
+    labelled_slices,
+    letterbox,
+    load_fold,
+    split_by_gt_mask,
+    unletterbox,
+)
 from .losses import bce_dice_loss, bce_loss, deep_supervision_loss, get_loss, soft_dice
 from .metrics import dice, jaccard, overlap_metrics, seg_sensitivity, summarize
 from .models import ARCHS, BreastSegModel, build_model, build_model_from_checkpoint
@@ -39,6 +47,7 @@ __all__ = [
     "evaluate_cases",
     "fill_holes",
     "get_loss",
+    "has_gt_mask",
     "jaccard",
     "keep_large_components",
     "labelled_slices",
@@ -52,6 +61,7 @@ __all__ = [
     "predict_proba",
     "seg_sensitivity",
     "soft_dice",
+    "split_by_gt_mask",
     "summarize",
     "train_segmentation",
     "unletterbox",

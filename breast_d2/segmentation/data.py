@@ -2,6 +2,9 @@
 
 Slices ``OUT/slices/<case_id>/<z:04d>.png`` are 8-bit 3-channel images (PNG channel order:
 post1, post1-pre, pre, called "RGB" here); masks ``OUT/masks/gt/<case_id>/<z:04d>.png`` are 0/255.
+Ground-truth masks may exist for only some cases (Duke: about 100 of 922): ``cases.json`` says so
+per case with ``"has_mask"`` (:func:`split_by_gt_mask`); training and evaluation use the cases
+that have one, prediction writes masks for the others.
 The network sees a square ``input_size`` x ``input_size`` image: the slice is resized so that its
 longer side equals ``input_size`` (aspect kept) and zero-padded at the bottom/right
 (:func:`letterbox`); ``input_size=0`` keeps the native size and only pads to a multiple of 32.
@@ -10,7 +13,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -22,6 +25,8 @@ __all__ = [
     "LetterboxMeta",
     "load_cases",
     "load_fold",
+    "has_gt_mask",
+    "split_by_gt_mask",
     "list_slices",
     "labelled_slices",
     "read_image",
@@ -41,7 +46,7 @@ SIZE_DIVISOR = 32
 
 
 def load_cases(data_root: str) -> Dict[str, dict]:
-    """``cases.json`` as ``{case_id: entry}`` (entry keys: case_id, shape [X,Y,Z], spacing, boxes)."""
+    """``cases.json`` as ``{case_id: entry}`` (case_id, shape [X,Y,Z], spacing, boxes, ...)."""
     with open(os.path.join(data_root, "cases.json")) as f:
         return {c["case_id"]: c for c in json.load(f)["cases"]}
 
@@ -54,6 +59,38 @@ def load_fold(data_root: str, fold: int) -> Tuple[List[str], List[str]]:
         if int(entry["fold"]) == int(fold):
             return list(entry["train"]), list(entry["val"])
     raise ValueError(f"fold {fold} not in {data_root}/splits.json (num_folds={splits['num_folds']})")
+
+
+def has_gt_mask(data_root: str, case_id: str, entry: Optional[Mapping] = None) -> bool:
+    """Whether a case has a ground-truth breast mask ``masks/gt/<case_id>/``.
+
+    Args:
+        data_root: converted folder.
+        case_id: the case.
+        entry: its ``cases.json`` entry; its ``"has_mask"`` decides when present. Without the key
+            (folders converted before it existed) the mask folder's slices decide.
+
+    Raises:
+        FileNotFoundError: ``"has_mask": true`` but the mask folder holds no slice.
+    """
+    folder = os.path.join(data_root, "masks", "gt", case_id)
+    if entry is None or "has_mask" not in entry:
+        return bool(list_slices(folder))
+    if entry["has_mask"] and not list_slices(folder):
+        raise FileNotFoundError(
+            f"case {case_id}: cases.json says it has a breast mask but {folder} holds no slice"
+        )
+    return bool(entry["has_mask"])
+
+
+def split_by_gt_mask(data_root: str, case_ids: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """``(with_mask, without_mask)``: ``case_ids`` split by :func:`has_gt_mask`, order kept."""
+    cases = load_cases(data_root)
+    with_mask, without = [], []
+    for case_id in case_ids:
+        has = has_gt_mask(data_root, case_id, cases.get(case_id))
+        (with_mask if has else without).append(case_id)
+    return with_mask, without
 
 
 def list_slices(folder: str) -> List[int]:

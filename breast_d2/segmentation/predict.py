@@ -27,6 +27,7 @@ from .data import (
     load_case_images,
     load_cases,
     load_fold,
+    split_by_gt_mask,
     unletterbox,
 )
 from .models import build_model_from_checkpoint
@@ -251,13 +252,15 @@ def write_fold_masks(
     batch_size: int = 8,
     min_component_fraction: Optional[float] = 0.1,
     progress: bool = True,
+    all_unseen: bool = False,
 ) -> Dict[str, Any]:
     """Write fold-correct masks ``data_root/masks/fold{fold}/<case_id>/<z:04d>.png`` (0/255).
 
     Validation cases of the fold always get the model's mask; training cases get the same
-    model's mask (``source="model"``) or a copy of ``masks/gt`` (``source="gt"``). ``dilation_mm``
-    applies to every case. Each case is written atomically and recorded in ``manifest.json``
-    right away, so ``resume=True`` continues an interrupted run with the same settings.
+    model's mask (``source="model"``) or a copy of ``masks/gt`` (``source="gt"``; training cases
+    without a ground-truth mask get the model's). ``dilation_mm`` applies to every case. Each
+    case is written atomically and recorded in ``manifest.json`` right away, so ``resume=True``
+    continues an interrupted run with the same settings.
 
     Args:
         data_root: converted folder.
@@ -270,6 +273,9 @@ def write_fold_masks(
         batch_size: slices per forward pass.
         min_component_fraction: see :class:`BreastMaskPredictor`.
         progress: show a tqdm bar.
+        all_unseen: also write the model's mask for every case of ``cases.json`` outside the
+            fold's splits (e.g. a held-out test set) that the checkpoint did not train on
+            (role ``"unseen"`` in the manifest).
 
     Returns:
         the manifest dict.
@@ -304,6 +310,8 @@ def write_fold_masks(
         "fill_holes": True,
         "threshold": 0.5,
     }
+    if all_unseen:  # only when set, so manifests written before the option still resume
+        settings["all_unseen"] = True
     fold_dir = os.path.join(data_root, "masks", f"fold{fold}")
     os.makedirs(fold_dir, exist_ok=True)
     manifest_path = os.path.join(fold_dir, MANIFEST_NAME)
@@ -321,9 +329,12 @@ def write_fold_masks(
     predictor = BreastMaskPredictor(
         ckpt, device=device, batch_size=batch_size, min_component_fraction=min_component_fraction
     )
+    with_gt = set(split_by_gt_mask(data_root, train_ids)[0]) if source == "gt" else set()
     todo = [(c, "val") for c in val_ids] + [(c, "train") for c in train_ids]
+    if all_unseen:
+        todo += [(c, "unseen") for c in _unseen_cases(cases, train_ids, val_ids, ckpt)]
     for case_id, role in tqdm(todo, desc=f"masks fold{fold}", disable=not progress):
-        case_source = "model" if role == "val" else source
+        case_source = "gt" if role == "train" and case_id in with_gt else "model"
         zs = list_slices(os.path.join(data_root, "slices", case_id))
         done = manifest["cases"].get(case_id)
         if done and done["source"] == case_source and done["slices"] == len(zs):
@@ -340,6 +351,16 @@ def write_fold_masks(
         write_json_atomic(manifest_path, manifest, indent=2)
         logger.info("fold%d %s (%s): %d slices from %s", fold, case_id, role, len(zs), case_source)
     return manifest
+
+
+def _unseen_cases(cases: Dict[str, dict], train_ids, val_ids, ckpt: Dict[str, Any]) -> List[str]:
+    """Cases of ``cases.json`` outside the fold's splits that the checkpoint did not train on."""
+    in_fold, seen = set(train_ids) | set(val_ids), set(ckpt["train_cases"])
+    outside = [c for c in cases if c not in in_fold]
+    unseen = [c for c in outside if c not in seen]
+    logger.info("%d case(s) outside the fold's splits, %d not seen by the checkpoint",
+                len(outside), len(unseen))  # fmt: skip
+    return unseen
 
 
 def verify_fold_masks(data_root: str, fold: int, check_checkpoint: bool = True) -> List[str]:

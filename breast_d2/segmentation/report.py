@@ -9,6 +9,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ..utils import atomic_path
 from .metrics import METRIC_NAMES, summarize
 
 __all__ = ["ARCH_LABELS", "per_fold_rows", "write_csv", "markdown_report"]
@@ -35,10 +36,10 @@ def per_fold_rows(case_rows: Sequence[dict]) -> List[dict]:
 
 
 def write_csv(rows: Sequence[dict], path: str) -> None:
-    """Write dict rows (same keys) as CSV; floats with 6 decimals."""
+    """Write dict rows (same keys) as CSV atomically; floats with 6 decimals."""
     if not rows:
         raise ValueError(f"nothing to write to {path}")
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:

@@ -9,7 +9,7 @@ disc below them that is *not* breast, plus noise. Not a realistic phantom (see
 import json
 import logging
 import os
-from typing import List
+from typing import List, Sequence
 
 import cv2
 import numpy as np
@@ -49,6 +49,7 @@ def make_toy_converted(
     num_slices: int = 8,
     num_folds: int = 2,
     seed: int = 0,
+    unmasked: Sequence[str] = (),
 ) -> List[str]:
     """Write a toy converted folder into ``root`` and return its case ids.
 
@@ -59,6 +60,7 @@ def make_toy_converted(
         num_slices: slices per case.
         num_folds: patient-level folds (case i is in the validation set of fold i % num_folds).
         seed: random seed.
+        unmasked: case ids written without a ground-truth mask (``"has_mask": false``).
 
     Returns:
         case ids.
@@ -68,7 +70,9 @@ def make_toy_converted(
     cases = []
     for case_id in case_ids:
         images, masks = _case_slices(rng, height, width, num_slices)
-        for sub, arrays in (("slices", images), (os.path.join("masks", "gt"), masks)):
+        has_mask = case_id not in set(unmasked)
+        outputs = [("slices", images)] + [(os.path.join("masks", "gt"), masks)] * has_mask
+        for sub, arrays in outputs:
             folder = os.path.join(root, sub, case_id)
             os.makedirs(folder, exist_ok=True)
             for z, a in enumerate(arrays):
@@ -76,7 +80,7 @@ def make_toy_converted(
                 cv2.imwrite(os.path.join(folder, f"{z:04d}.png"), out)
         cases.append(
             {"case_id": case_id, "shape": [width, height, num_slices], "spacing": [0.7, 0.7, 2.0],
-             "boxes": []}
+             "boxes": [], "has_mask": has_mask}
         )
     folds = [
         {"fold": k, "train": [c for i, c in enumerate(case_ids) if i % num_folds != k],

@@ -13,14 +13,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ..utils import atomic_path, write_json_atomic
-from .data import BreastSliceDataset, load_case_gt, load_case_images, load_fold
+from .data import BreastSliceDataset, load_case_gt, load_case_images, load_fold, split_by_gt_mask
 from .losses import deep_supervision_loss, get_loss
 from .metrics import overlap_metrics
 from .models import BreastSegModel, build_model
@@ -144,6 +144,26 @@ def _check_resume(ckpt: Dict[str, Any], cfg: SegTrainConfig, fold: int, train_id
         )
 
 
+def _masked_fold(data_root: str, fold: int) -> Tuple[List[str], List[str], List[str]]:
+    """``(train cases with a GT mask, val cases with one, all val cases)`` of ``fold``."""
+    train_all, val_all = load_fold(data_root, fold)
+    train_ids, _ = split_by_gt_mask(data_root, train_all)
+    val_ids, _ = split_by_gt_mask(data_root, val_all)
+    logger.info(
+        "fold %d: %d of %d training and %d of %d validation cases have a ground-truth breast mask",
+        fold, len(train_ids), len(train_all), len(val_ids), len(val_all),
+    )
+    if not train_ids:
+        raise ValueError(
+            f"fold {fold}: none of its {len(train_all)} training cases has a ground-truth breast "
+            "mask (masks/gt/<case_id>/); convert the cohort with --masks"
+        )
+    if not val_ids:
+        logger.warning("fold %d: no validation case has a ground-truth breast mask; no validation "
+                       "DSC, and model_best.pth is not written", fold)  # fmt: skip
+    return train_ids, val_ids, val_all
+
+
 def train_segmentation(
     data_root: str,
     fold: int,
@@ -153,6 +173,10 @@ def train_segmentation(
     progress: bool = True,
 ) -> Dict[str, Any]:
     """Train one fold's breast-region model and write checkpoints into ``out_dir``.
+
+    Only cases with a ground-truth breast mask take part (:func:`~.data.split_by_gt_mask`): the
+    checkpoint's ``train_cases`` are the fold's training cases that have one; ``val_cases`` are
+    all of the fold's validation cases.
 
     Args:
         data_root: converted folder (slices, masks/gt, cases.json, splits.json).
@@ -164,13 +188,17 @@ def train_segmentation(
         progress: show a tqdm bar per epoch (postfix: running loss).
 
     Returns:
-        ``{"epoch", "best_dsc", "last_dsc", "history"}``.
+        ``{"epoch", "best_dsc", "last_dsc", "history"}`` (DSCs NaN without validation masks).
+
+    Raises:
+        ValueError: no training case of the fold has a ground-truth mask; a resume from another
+            run.
     """
     from tqdm import tqdm
 
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    train_ids, val_ids = load_fold(data_root, fold)
+    train_ids, val_ids, fold_val_ids = _masked_fold(data_root, fold)
     dataset = BreastSliceDataset(data_root, train_ids, cfg.label_every, cfg.input_size, flip=True)
     loader = DataLoader(
         dataset,
@@ -228,7 +256,8 @@ def train_segmentation(
             per_case = evaluate_cases(
                 model, data_root, val_ids, cfg.input_size, cfg.device, cfg.val_stride
             )
-            val_dsc = float(np.mean([m["dsc"] for m in per_case.values()])) if per_case else 0.0
+            dscs = [m["dsc"] for m in per_case.values()]
+            val_dsc = float(np.mean(dscs)) if dscs else float("nan")
         history.append(
             {
                 "epoch": epoch + 1,
@@ -243,10 +272,12 @@ def train_segmentation(
         is_best = validate and val_dsc > best_dsc
         best_dsc = max(best_dsc, val_dsc) if validate else best_dsc
         ckpt = _checkpoint(
-            model, optimizer, cfg, fold, train_ids, val_ids, epoch + 1, best_dsc, val_dsc, history
+            model, optimizer, cfg, fold, train_ids, fold_val_ids, epoch + 1, best_dsc, val_dsc,
+            history,
         )
         _save_atomic(ckpt, os.path.join(out_dir, "model_last.pth"))
         if is_best:
             _save_atomic(ckpt, os.path.join(out_dir, "model_best.pth"))
         write_json_atomic(os.path.join(out_dir, "metrics.json"), history, indent=2)
-    return {"epoch": len(history), "best_dsc": best_dsc, "last_dsc": val_dsc, "history": history}
+    best = best_dsc if best_dsc >= 0 else float("nan")  # -1.0: no epoch was validated
+    return {"epoch": len(history), "best_dsc": best, "last_dsc": val_dsc, "history": history}
