@@ -21,6 +21,7 @@ Positions are in mm in the patient (LPS) frame, as DICOM stores them.
 import logging
 import os
 import re
+import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -54,6 +55,17 @@ TAGS = {
     "instance": "0020|0013",
     "temporal": "0020|0100",
     "acquisition_time": "0008|0032",
+    "samples": "0028|0002",
+    "rows": "0028|0010",
+    "columns": "0028|0011",
+    "bits_allocated": "0028|0100",
+    "frames": "0028|0008",
+}
+# Uncompressed transfer syntaxes (implicit LE, explicit LE, explicit BE): byte order, explicit VR.
+_NATIVE_SYNTAXES = {
+    b"1.2.840.10008.1.2": ("<", False),
+    b"1.2.840.10008.1.2.1": ("<", True),
+    b"1.2.840.10008.1.2.2": (">", True),
 }
 # TCIA's NBIA names each slice file "<n>-<file number>.dcm".
 _FILE_NUMBER_RE = re.compile(r"^\d+-(\d+)\.dcm$", re.IGNORECASE)
@@ -186,6 +198,51 @@ def _file_number(path: str, reader: sitk.ImageFileReader, case_id: str) -> int:
     return number
 
 
+def _transfer_syntax(data: bytes) -> Optional[bytes]:
+    """TransferSyntaxUID (0002,0010) of a Part 10 file's meta header, or None."""
+    if data[128:132] != b"DICM":
+        return None
+    i = data.find(b"\x02\x00\x10\x00UI", 132, 1 << 16)
+    if i < 0:
+        return None
+    (length,) = struct.unpack("<H", data[i + 6 : i + 8])
+    return data[i + 8 : i + 8 + length].rstrip(b"\0 ")
+
+
+def _check_native_pixel_data(path: str, reader: sitk.ImageFileReader, case_id: str) -> None:
+    """Raise if an uncompressed file holds fewer pixel bytes than its header announces.
+
+    GDCM reads a short native PixelData element without complaint (the missing pixels become
+    garbage), so the element's length is compared with Rows x Columns x bytes x samples x frames.
+    Compressed syntaxes are checked by their decoders.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    syntax = _NATIVE_SYNTAXES.get(_transfer_syntax(data) or b"")
+    if syntax is None:
+        return
+    order, explicit = syntax
+    ints = [_int_or_none(_tag(reader, k)) for k in ("rows", "columns", "bits_allocated")]
+    if None in ints:
+        return
+    rows, cols, bits = ints
+    need = rows * cols * max(bits // 8, 1) * (_int_or_none(_tag(reader, "samples")) or 1)
+    need *= _int_or_none(_tag(reader, "frames")) or 1
+    i = data.rfind(b"\xe0\x7f\x10\x00" if order == "<" else b"\x7f\xe0\x00\x10")
+    if i < 0:
+        have = 0
+    elif explicit:
+        have = struct.unpack(order + "I", data[i + 8 : i + 12])[0]
+        have = min(have, len(data) - i - 12)
+    else:
+        have = min(struct.unpack(order + "I", data[i + 4 : i + 8])[0], len(data) - i - 8)
+    if have < need:
+        raise CohortError(
+            f"case {case_id}: DICOM file {path} holds {have} bytes of pixel data but its header "
+            f"needs {need} (truncated or corrupt)"
+        )
+
+
 def read_slices(
     series: SeriesHeader,
     case_id: str,
@@ -216,6 +273,7 @@ def read_slices(
                 f"case {case_id}: {series.rel} mixes DICOM series ({os.path.basename(path)} "
                 f"belongs to SeriesInstanceUID {uid}); expected one series per folder"
             )
+        _check_native_pixel_data(path, reader, case_id)
         position = _floats(_tag(reader, "position"), 3)
         if position is None:
             raise CohortError(

@@ -287,7 +287,7 @@ def _dicom_phase_sources(
 
     return [
         _PhaseSource(
-            label=p.label,
+            label=p.label if p.series.rel != "." else case_dir,
             files=tuple(s.path for s in p.slices),
             is_dicom=True,
             volume_index=-1,
