@@ -1,4 +1,8 @@
-"""Atomic file writing shared by the library and the tools: nothing is ever half-written."""
+"""File-writing helpers shared by the library and the tools.
+
+Atomic writes (nothing is ever half-written), output paths that cannot escape their folder, and
+an early check that an output folder is writable (before hours of work, not after).
+"""
 import contextlib
 import json
 import math
@@ -8,7 +12,14 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_atomic", "write_json_atomic", "jsonable"]
+__all__ = [
+    "atomic_path",
+    "write_atomic",
+    "write_json_atomic",
+    "jsonable",
+    "path_inside",
+    "ensure_writable_dir",
+]
 
 
 @contextlib.contextmanager
@@ -58,3 +69,36 @@ def write_json_atomic(path: str, obj: Any, indent: Optional[int] = None) -> None
     """Write ``obj`` as strict JSON (NaN -> null) to ``path`` atomically."""
     data = jsonable(obj)
     write_atomic(path, lambda f: json.dump(data, f, indent=indent, allow_nan=False))
+
+
+def path_inside(root: str, *parts: str) -> str:
+    """``os.path.join(root, *parts)``, refusing a result that resolves outside ``root``.
+
+    Symbolic links are resolved on both sides, so neither ``..`` nor an absolute part nor a link
+    can lead a write out of ``root``.
+
+    Raises:
+        ValueError: one line naming ``root`` and the parts when the path escapes ``root``.
+    """
+    path = os.path.join(root, *parts)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise ValueError(f"path {os.path.join(*parts)!r} would leave the output folder {root}")
+    return path
+
+
+def ensure_writable_dir(path: str, what: str = "output folder") -> str:
+    """Create ``path`` if needed and check that files can be written in it.
+
+    Raises:
+        OSError: one line ``cannot write to <what> <path>: <reason>``.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".tmp-write-check-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"cannot write to {what} {path}: {e.strerror or e}") from None
+    return path
