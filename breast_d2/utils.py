@@ -1,7 +1,8 @@
 """File-writing helpers shared by the library and the tools.
 
-Atomic writes (nothing is ever half-written), output paths that cannot escape their folder, and
-an early check that an output folder is writable (before hours of work, not after).
+Atomic writes (nothing is ever half-written), output paths that cannot escape their folder, an
+early check that an output folder is writable (before hours of work, not after), and the one
+``torch.load`` of user files (``weights_only=True``: loading never runs code from the file).
 """
 import contextlib
 import json
@@ -19,6 +20,8 @@ __all__ = [
     "jsonable",
     "path_inside",
     "ensure_writable_dir",
+    "CheckpointError",
+    "load_torch_file",
 ]
 
 
@@ -102,3 +105,34 @@ def ensure_writable_dir(path: str, what: str = "output folder") -> str:
     except OSError as e:
         raise OSError(f"cannot write to {what} {path}: {e.strerror or e}") from None
     return path
+
+
+class CheckpointError(ValueError):
+    """A weights file that is unreadable, not a checkpoint, or would need to run code."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception (torch/pickle messages span many lines)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def load_torch_file(path: str, what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with a one-line error.
+
+    ``weights_only=True`` is passed explicitly (not left to torch's default): only tensors,
+    containers, strings and numbers are built, so a crafted file cannot run code.
+
+    Raises:
+        CheckpointError: one line naming ``path`` when it is unreadable, garbage, truncated or
+            holds objects that would need code to rebuild.
+    """
+    import torch  # the NumPy-only users of this module do not pay for torch
+
+    try:
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:  # garbage raises UnpicklingError, RuntimeError, EOFError, ...
+        raise CheckpointError(f"{path} is not a loadable {what} ({one_line(e)})") from None

@@ -124,7 +124,7 @@ def test_hit_criteria_and_strict_threshold():
         ([_cand("a", [5, 0, 0, 5, 1, 1], 0.5)], [{"case_id": "a", "boxes": []}], "malformed"),
         ([], [{"case_id": "a", "boxes": [[0, 0, 0, 1, 1]]}], "case 'a'"),
         ([], [{"case_id": "a", "boxes": [[0, 0, 4, 1, 1, 4]]}], "box #0"),
-        ([], [{"case_id": "a"}, {"case_id": "a"}], "twice"),
+        ([], [{"case_id": "a", "boxes": []}, {"case_id": "a", "boxes": []}], "twice"),
         ([], [], "no cases"),
     ],
 )

@@ -12,10 +12,10 @@ import logging
 import pickle
 from typing import Any, Dict
 
-import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
+
+from ..utils import CheckpointError, load_torch_file, one_line
 
 __all__ = [
     "CheckpointError",
@@ -39,15 +39,6 @@ _ALLOWED_GLOBALS = frozenset(
     + [(m, "_frombuffer") for m in _NUMPY_NUMERIC]
     + [(m, n) for m in ("builtins", "__builtin__") for n in ("set", "frozenset")]
 )
-
-
-class CheckpointError(ValueError):
-    """A weights file that is unreadable, not a checkpoint, or would need to run code."""
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -80,20 +71,7 @@ def load_pickle_restricted(path: str) -> Any:
     except OSError as e:
         raise CheckpointError(f"cannot read weights {path}: {e.strerror or e}") from None
     except Exception as e:  # truncated or garbage bytes raise many types; report one line
-        raise CheckpointError(f"{path} is not a loadable weights pickle ({_one_line(e)})") from None
-
-
-def _torch_load(path: str) -> Any:
-    """``torch.load(weights_only=True)`` on the CPU with a one-line error."""
-    try:
-        with PathManager.open(path, "rb") as f:
-            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot read weights {path}: {e.strerror or e}") from None
-    except Exception as e:  # garbage, truncated, or a pickle that needs code (weights_only)
-        raise CheckpointError(
-            f"{path} is not a loadable PyTorch checkpoint ({_one_line(e)})"
-        ) from None
+        raise CheckpointError(f"{path} is not a loadable weights pickle ({one_line(e)})") from None
 
 
 def _from_pkl(data: Any, path: str) -> Dict[str, Any]:
@@ -119,7 +97,7 @@ class BreastCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if filename.endswith(".pkl"):
             return _from_pkl(load_pickle_restricted(filename), filename)
-        loaded = _torch_load(filename)
+        loaded = load_torch_file(filename)
         if not isinstance(loaded, dict):
             raise CheckpointError(f"{filename}: expected a checkpoint dict, got "
                                   f"{type(loaded).__name__}")

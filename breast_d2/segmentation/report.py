@@ -9,6 +9,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ..utils import write_atomic
 from .metrics import METRIC_NAMES, summarize
 
 __all__ = ["ARCH_LABELS", "per_fold_rows", "write_csv", "markdown_report"]
@@ -38,11 +39,14 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
     """Write dict rows (same keys) as CSV; floats with 6 decimals."""
     if not rows:
         raise ValueError(f"nothing to write to {path}")
-    with open(path, "w", newline="") as f:
+
+    def write(f):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+
+    write_atomic(path, write)
 
 
 def _fmt(s: Dict[str, float]) -> str:
