@@ -98,18 +98,22 @@ class CandidateArrays:
         Raises:
             FROCInputError: naming the first bad entry (index and case) when a key is missing, a
                 box is not 6 finite numbers with x1 > x0, y1 > y0, z1 > z0, or a score is not
-                finite.
+                a finite number (strings such as "0.5" and booleans are refused).
         """
         if not isinstance(candidates, (list, tuple)):
             raise FROCInputError(f"candidates must be a list, got {type(candidates).__name__}")
         n = len(candidates)
         try:
             names = list(map(itemgetter("case_id"), candidates))
-            boxes = _as_rows(list(map(itemgetter("box"), candidates)), 6)
-            scores = np.fromiter(map(itemgetter("score"), candidates), dtype=np.float64, count=n)
+            raw_boxes = list(map(itemgetter("box"), candidates))
+            boxes = _as_rows(raw_boxes, 6)
+            raw_scores = list(map(itemgetter("score"), candidates))
+            scores = np.fromiter(raw_scores, dtype=np.float64, count=n)
         except (KeyError, TypeError, ValueError, AttributeError):
             _raise_first_bad_entry(candidates, "candidate", ("case_id", "box", "score"), 6)
             raise  # pragma: no cover - _raise_first_bad_entry always raises
+        _check_real_rows(raw_boxes, candidates, "candidate", "box")
+        _check_real(raw_scores, candidates, "candidate", "score")
         _check_boxes(boxes, scores, candidates, "candidate", 3)
         case_ids, case_index = _index_names(names, candidates, "candidate")
         try:
