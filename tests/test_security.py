@@ -110,7 +110,8 @@ def test_crafted_pkl_payload_does_not_run(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_pickle_restricted(str(evil))
     assert not marker.exists()
-    assert _one_line(str(e.value)) and "refusing to load io.open" in str(e.value) and str(evil) in str(e.value)
+    message = str(e.value)
+    assert _one_line(message) and "refusing to load io.open" in message and str(evil) in message
 
 
 def test_model_zoo_style_pickle_still_loads(tmp_path):
