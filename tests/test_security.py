@@ -1,6 +1,5 @@
 """Nothing from a config, checkpoint or converted folder runs code or writes outside its folder:
 safe YAML, restricted pickles, weights_only torch.load, validated case ids, path_inside."""
-import json
 import os
 import pickle
 
