@@ -112,7 +112,7 @@ def main():
         torch.set_num_threads(args.threads)
     cfg = get_cfg()
     add_breast_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_file(args.config_file, allow_unsafe=False)
     cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device] + args.opts)
     rng = np.random.default_rng(0)
     model, s_per_iter = time_training(cfg, args.iters, args.warmup, rng)

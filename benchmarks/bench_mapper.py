@@ -81,7 +81,7 @@ def load_slices(root: str) -> List[Dict]:
 def build_cfg(config_file: str, root: str, opts: List[str]):
     cfg = get_cfg()
     add_breast_config(cfg)
-    cfg.merge_from_file(config_file)
+    cfg.merge_from_file(config_file, allow_unsafe=False)
     cfg.merge_from_list(opts)
     cfg.DATASETS.BREAST_ROOT = root
     cfg.INPUT.BREAST_MASK.ENABLED = True

@@ -94,7 +94,7 @@ class Arm:
 def build_cfg(args, root: str):
     cfg = get_cfg()
     add_breast_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, args.config_file))
+    cfg.merge_from_file(os.path.join(REPO, args.config_file), allow_unsafe=False)
     cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""

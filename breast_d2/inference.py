@@ -11,12 +11,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from .data.mapper import dilate_mask_mm
 from .data.volumes import CaseGeometry, compose_channels, read_phases_from_dir
+from .engine.checkpoint import BreastCheckpointer
 from .evaluation.candidates import merge_slice_detections
 
 __all__ = ["CaseResult", "CaseDetector", "candidate_label_volume", "box_to_physical"]
@@ -110,7 +110,7 @@ class CaseDetector:
             )
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
-        DetectionCheckpointer(self.model).load(weights)
+        BreastCheckpointer(self.model).load(weights)  # no code from the file runs
         self.mask_predictor = mask_predictor
         self.channels = channels
         self.batch_size = batch_size

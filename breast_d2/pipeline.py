@@ -3,7 +3,9 @@
 Each step is one tool invocation; when it exits 0 a marker ``<job>/.steps/<slug>.done`` is
 written, and a rerun skips marked steps, so an interrupted job continues where it stopped (the
 tools themselves resume inside a step: ``--resume`` for training). Tools run as subprocesses so
-every step is exactly the command a user would type; each command is logged.
+every step is exactly the command a user would type; each command is logged. They run in the
+caller's working directory, so a relative path means the same to the job tool, its markers and
+every step.
 
 Independent steps can run side by side (:class:`Parallel`): on a small CPU two trainings with one
 thread each finish sooner than the same two run one after the other with two threads each
@@ -103,10 +105,9 @@ class _StepRunner:
         with open(os.path.join(self.job_dir, "commands.log"), "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {title}\n$ {cmd}\n")
         if log_path is None:
-            return subprocess.Popen(step.command, cwd=REPO_ROOT, env=env)
+            return subprocess.Popen(step.command, env=env)
         with open(log_path, "ab") as log:
-            return subprocess.Popen(step.command, cwd=REPO_ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)
+            return subprocess.Popen(step.command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def finish(self, step: Step, title: str, returncode: int, elapsed: float,
                log_path: Optional[str] = None) -> None:

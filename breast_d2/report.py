@@ -8,7 +8,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import cv2
 import numpy as np
 
-from .utils import atomic_path, write_atomic
+from .data.converted import read_cases
+from .data.volumes import check_case_id
+from .utils import atomic_path, path_inside, write_atomic
 from .visualize import case_montage
 
 __all__ = ["froc_table", "plot_froc_runs", "write_overlays", "write_report", "STUDY_SENS_AT_3_4"]
@@ -66,7 +68,8 @@ def plot_froc_runs(runs: Mapping[str, Mapping], path: str) -> None:
 
 
 def _read_case_slices(data_root: str, case_id: str, num_slices: int, sub: str) -> np.ndarray:
-    paths = [os.path.join(data_root, sub, case_id, f"{z:04d}.png") for z in range(num_slices)]
+    folder = path_inside(os.path.join(data_root, sub), check_case_id(case_id))
+    paths = [os.path.join(folder, f"{z:04d}.png") for z in range(num_slices)]
     flag = cv2.IMREAD_COLOR if sub == "slices" else cv2.IMREAD_GRAYSCALE
     images = [cv2.imread(p, flag) for p in paths]
     if any(im is None for im in images):
@@ -82,8 +85,7 @@ def write_overlays(
     """Montages of validation cases with masses: GT (green), top candidates (amber), mask."""
     with open(os.path.join(froc_dir, "candidates.json")) as f:
         candidates = json.load(f)
-    with open(os.path.join(data_root, "cases.json")) as f:
-        cases = {c["case_id"]: c for c in json.load(f)["cases"]}
+    cases = read_cases(data_root)  # case ids validated: they become file names below
     with open(os.path.join(froc_dir, "froc.json")) as f:
         evaluated = json.load(f)["case_ids"]
     written = []
@@ -99,7 +101,7 @@ def write_overlays(
         top = sorted((c for c in candidates if c["case_id"] == case_id),
                      key=lambda c: -c["score"])[:max_candidates]
         montage = case_montage(slices, top, case["boxes"], mask=mask, max_panels=4)
-        path = os.path.join(out_dir, f"overlay_{case_id}.png")
+        path = path_inside(out_dir, f"overlay_{case_id}.png")
         with atomic_path(path) as tmp:
             cv2.imwrite(tmp, montage[..., ::-1])
         written.append(path)

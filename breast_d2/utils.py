@@ -1,4 +1,9 @@
-"""Atomic file writing shared by the library and the tools: nothing is ever half-written."""
+"""File-writing helpers shared by the library and the tools.
+
+Atomic writes (nothing is ever half-written), output paths that cannot escape their folder, an
+early check that an output folder is writable (before hours of work, not after), and the one
+``torch.load`` of user files (``weights_only=True``: loading never runs code from the file).
+"""
 import contextlib
 import json
 import math
@@ -8,7 +13,16 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_atomic", "write_json_atomic", "jsonable"]
+__all__ = [
+    "atomic_path",
+    "write_atomic",
+    "write_json_atomic",
+    "jsonable",
+    "path_inside",
+    "ensure_writable_dir",
+    "CheckpointError",
+    "load_torch_file",
+]
 
 
 @contextlib.contextmanager
@@ -58,3 +72,67 @@ def write_json_atomic(path: str, obj: Any, indent: Optional[int] = None) -> None
     """Write ``obj`` as strict JSON (NaN -> null) to ``path`` atomically."""
     data = jsonable(obj)
     write_atomic(path, lambda f: json.dump(data, f, indent=indent, allow_nan=False))
+
+
+def path_inside(root: str, *parts: str) -> str:
+    """``os.path.join(root, *parts)``, refusing a result that resolves outside ``root``.
+
+    Symbolic links are resolved on both sides, so neither ``..`` nor an absolute part nor a link
+    can lead a write out of ``root``.
+
+    Raises:
+        ValueError: one line naming ``root`` and the parts when the path escapes ``root``.
+    """
+    path = os.path.join(root, *parts)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise ValueError(f"path {os.path.join(*parts)!r} would leave the output folder {root}")
+    return path
+
+
+def ensure_writable_dir(path: str, what: str = "output folder") -> str:
+    """Create ``path`` if needed and check that files can be written in it.
+
+    Raises:
+        OSError: one line ``cannot write to <what> <path>: <reason>``.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".tmp-write-check-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"cannot write to {what} {path}: {e.strerror or e}") from None
+    return path
+
+
+class CheckpointError(ValueError):
+    """A weights file that is unreadable, not a checkpoint, or would need to run code."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception (torch/pickle messages span many lines)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def load_torch_file(path: str, what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with a one-line error.
+
+    ``weights_only=True`` is passed explicitly (not left to torch's default): only tensors,
+    containers, strings and numbers are built, so a crafted file cannot run code.
+
+    Raises:
+        CheckpointError: one line naming ``path`` when it is unreadable, garbage, truncated or
+            holds objects that would need code to rebuild.
+    """
+    import torch  # the NumPy-only users of this module do not pay for torch
+
+    try:
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:  # garbage raises UnpicklingError, RuntimeError, EOFError, ...
+        raise CheckpointError(f"{path} is not a loadable {what} ({one_line(e)})") from None

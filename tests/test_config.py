@@ -20,7 +20,7 @@ CONFIGS = sorted(  # every loadable config (Base-*.yaml files are only meant as 
 def _load(path):
     cfg = get_cfg()
     add_breast_config(cfg)
-    cfg.merge_from_file(path)
+    cfg.merge_from_file(path, allow_unsafe=False)
     return cfg
 
 

@@ -153,3 +153,11 @@ def test_two_processes_same_numbers(dataset, monkeypatch):
 def test_unknown_option_rejected(dataset):
     with pytest.raises(TypeError, match="bogus"):
         BreastFROCEvaluator(NAME, bogus=1)
+
+
+def test_bad_froc_parameters_fail_at_construction():
+    from breast_d2.evaluation import FROCInputError
+
+    for kw in ({"iou_thresh": -1.0}, {"iou_thresh": float("nan")}, {"bootstrap": -5}):
+        with pytest.raises(FROCInputError):
+            BreastFROCEvaluator(NAME, distributed=False, **kw)

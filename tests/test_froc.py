@@ -124,7 +124,7 @@ def test_hit_criteria_and_strict_threshold():
         ([_cand("a", [5, 0, 0, 5, 1, 1], 0.5)], [{"case_id": "a", "boxes": []}], "malformed"),
         ([], [{"case_id": "a", "boxes": [[0, 0, 0, 1, 1]]}], "case 'a'"),
         ([], [{"case_id": "a", "boxes": [[0, 0, 4, 1, 1, 4]]}], "box #0"),
-        ([], [{"case_id": "a"}, {"case_id": "a"}], "twice"),
+        ([], [{"case_id": "a", "boxes": []}, {"case_id": "a", "boxes": []}], "twice"),
         ([], [], "no cases"),
     ],
 )
@@ -338,3 +338,50 @@ def test_bootstrap_retry_path_is_exact(monkeypatch):
     ref = compute_froc(cands, cases, bootstrap=30, seed=1)
     monkeypatch.setattr(mod, "_initial_cut", lambda ev_fp, fmax: 1)
     assert compute_froc(cands, cases, bootstrap=30, seed=1) == ref
+
+
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"iou_thresh": -1.0}, "got -1.0"),
+        ({"iou_thresh": float("nan")}, "got nan"),
+        ({"iou_thresh": 1.0}, "got 1.0"),
+        ({"iou_thresh": "0.5"}, "got '0.5'"),
+        ({"iou_thresh": True}, "got True"),
+        ({"bootstrap": -5}, "got -5"),
+        ({"bootstrap": 2.5}, "got 2.5"),
+    ],
+)
+def test_bad_parameters_name_the_value(kw, needle):
+    cases = [{"case_id": "a", "boxes": [CUBE]}]
+    with pytest.raises(FROCInputError) as e:
+        _froc([_cand("a", [50, 50, 0, 60, 60, 5], 0.9)], cases, **kw)
+    assert needle in str(e.value)
+
+
+def test_negative_iou_would_have_counted_a_distant_fp_as_a_hit():
+    """Why the range check matters: IoU 0 > -1, so a box far from the mass would be a hit."""
+    cases = [{"case_id": "a", "boxes": [CUBE]}]
+    far = [_cand("a", [50, 50, 0, 60, 60, 5], 0.9)]
+    assert _froc(far, cases, iou_thresh=0.0)["cpm"] == 0.0  # no overlap: missed
+
+
+@pytest.mark.parametrize("score", ["0.5", True, None])
+def test_non_numeric_scores_and_boxes_are_refused(score):
+    cases = [{"case_id": "a", "boxes": [CUBE]}]
+    with pytest.raises(FROCInputError, match="candidate #0 \\(case 'a'\\): score"):
+        _froc([_cand("a", CUBE, score)], cases)
+    with pytest.raises(FROCInputError, match="box value '1' is not a number"):
+        _froc([_cand("a", [0, 0, 0, "1", 1, 1], 0.5)], cases)
+    with pytest.raises(FROCInputError, match="has no 'boxes'"):
+        _froc([], [{"case_id": "a"}])
+
+
+def test_slice_detection_scores_must_be_numbers():
+    from breast_d2.evaluation.candidates import merge_slice_detections
+
+    det = {"case_id": "a", "slice": 0, "box": [0, 0, 4, 4], "score": 0.5}
+    assert len(merge_slice_detections([det])) == 1
+    for key, value in (("score", "0.5"), ("score", False), ("slice", True)):
+        with pytest.raises(FROCInputError, match=f"detection #0 \\(case 'a'\\): {key}"):
+            merge_slice_detections([dict(det, **{key: value})])

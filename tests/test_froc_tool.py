@@ -124,3 +124,84 @@ def test_argparse_errors_are_one_line(tool, capsys):
         tool.main(["--out", "x", "--hit", "nope"])
     assert e.value.code == 2
     _error_line(capsys)
+
+
+def _write(data, name, obj):
+    path = os.path.join(data["tmp"], name)
+    with open(path, "w") as f:
+        json.dump(obj, f)
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--iou", "-1"], "got -1.0"),  # would count every FP as a hit
+        (["--iou", "nan"], "got nan"),
+        (["--iou", "1.5"], "got 1.5"),
+        (["--iou", "1"], "0 <= t < 1"),  # IoU > 1 can never happen
+        (["--bootstrap", "-5"], "--bootstrap) must be an integer >= 0, got -5"),
+    ],
+)
+def test_bad_parameters_are_refused(tool, data, capsys, extra, needle):
+    out = os.path.join(data["tmp"], "out_params")
+    rc = tool.main(["--candidates", data["all"], "--ground-truth", data["cases"], "--out", out]
+                   + extra)
+    assert rc == 2 and needle in _error_line(capsys)
+    assert not os.path.exists(os.path.join(out, "froc.json"))
+
+
+def test_iou_zero_means_any_overlap(tool, data, capsys):
+    out = os.path.join(data["tmp"], "out_zero")
+    assert tool.main(["--candidates", data["all"], "--ground-truth", data["cases"], "--out", out,
+                      "--iou", "0", "--bootstrap", "0"]) == 0
+
+
+@pytest.mark.parametrize(
+    "score, needle",
+    [("0.5", "score '0.5' is not a number"), (True, "score True is not a number")],
+)
+def test_scores_must_be_numbers(tool, data, capsys, score, needle):
+    cands = [{"case_id": "P1", "box": [10, 10, 2, 30, 30, 8], "score": 0.9},
+             {"case_id": "P1", "box": [10, 10, 2, 30, 30, 8], "score": score}]
+    path = _write(data, "typed.json", cands)
+    rc = tool.main(["--candidates", path, "--ground-truth", data["cases"], "--out",
+                    os.path.join(data["tmp"], "o"), "--bootstrap", "0"])
+    assert rc == 2
+    err = _error_line(capsys)
+    assert needle in err and "candidate #1 (case 'P1')" in err
+
+
+def test_ground_truth_case_without_boxes_is_an_error(tool, data, capsys):
+    gt = _write(data, "gt_noboxes.json", {"cases": [{"case_id": "P0", "boxes": []},
+                                                    {"case_id": "P1"}]})
+    cands = _write(data, "c.json", [{"case_id": "P1", "box": [0, 0, 0, 4, 4, 4], "score": 0.5}])
+    rc = tool.main(["--candidates", cands, "--ground-truth", gt, "--out",
+                    os.path.join(data["tmp"], "o"), "--bootstrap", "0"])
+    assert rc == 2 and "case 'P1' has no 'boxes'" in _error_line(capsys)
+    gt = _write(data, "gt_strbox.json", {"cases": [{"case_id": "P1",
+                                                    "boxes": [[0, 0, 0, "4", 4, 4]]}]})
+    rc = tool.main(["--candidates", cands, "--ground-truth", gt, "--out",
+                    os.path.join(data["tmp"], "o"), "--bootstrap", "0"])
+    assert rc == 2 and "case 'P1'" in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "splits, needle",
+    [
+        ([1, 2], "expected an object with a \"folds\" list"),
+        ({"folds": [{"fold": 0, "val": ["P0"]}]}, "folds[0]: 'train' must be a list"),
+        ({"folds": [{"fold": "0", "train": [], "val": []}]}, "'fold' must be an integer"),
+        ({"folds": [{"fold": 0, "train": [], "val": ["../evil"]}]}, "not a plain file name"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_malformed_splits_are_one_line(tool, data, capsys, splits, needle):
+    path = os.path.join(data["tmp"], "bad_splits.json")
+    with open(path, "w") as f:
+        f.write(splits if isinstance(splits, str) else json.dumps(splits))
+    rc = tool.main(["--candidates", data["all"], "--ground-truth", data["cases"], "--splits",
+                    path, "--fold", "0", "--out", os.path.join(data["tmp"], "o")])
+    assert rc == 2
+    err = _error_line(capsys)
+    assert needle in err and path in err

@@ -15,6 +15,7 @@ side by side with one thread each (faster on a 2-core CPU; on one GPU keep the d
 import argparse
 import os
 
+from breast_d2.cli import OneLineErrorParser
 from breast_d2.pipeline import (
     Parallel,
     Step,
@@ -28,11 +29,22 @@ from breast_d2.pipeline import (
 )
 
 
+def fold_list(text: str):
+    """``"0,2,4"`` -> ``[0, 2, 4]`` (argparse type: a bad list is a one-line usage error)."""
+    try:
+        folds = [int(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fold numbers, got {text!r}")
+    if not folds or min(folds) < 0:
+        raise argparse.ArgumentTypeError(f"expected fold numbers >= 0, got {text!r}")
+    return folds
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config-file", required=True, help="detector config")
     p.add_argument("--data", required=True, help="converted cohort (tools/convert_to_coco.py)")
-    p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds")
+    p.add_argument("--folds", type=fold_list, default="0,1,2,3,4", help="comma-separated folds")
     p.add_argument("--out", default="output/cross_validation", help="job folder")
     p.add_argument("--masks", choices=("model", "gt", "none"), default="model",
                    help="breast masks: segmentation model per fold (the study), GT masks, or none")
@@ -42,11 +54,15 @@ def parse_args(argv=None):
     p.add_argument("--lanes", type=int, default=1,
                    help="folds run side by side, one CPU thread each (default 1: in order)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="detector config overrides KEY VALUE")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Paths are the caller's: resolve them against the working directory the user typed them in.
+    for name in ("config_file", "data", "out"):
+        setattr(args, name, os.path.abspath(getattr(args, name)))
+    return args
 
 
 def build_steps(args):
-    folds = [int(f) for f in args.folds.split(",") if f.strip()]
+    folds = args.folds
     det_dir = os.path.join(args.out, "detector")
     opts = list(args.opts)
     if args.masks == "none":

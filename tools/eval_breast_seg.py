@@ -17,7 +17,6 @@ Example:
         --run unet=output/seg/unet --run unetplusplus=output/seg/unetplusplus
 """
 import argparse
-import json
 import logging
 import os
 import sys
@@ -37,13 +36,15 @@ from breast_d2.segmentation import (
     per_fold_rows,
     write_csv,
 )
+from breast_d2.data.converted import read_splits
 from breast_d2.segmentation.data import (
+    case_num_slices,
     load_case_gt,
     load_case_images,
     load_cases,
     split_by_gt_mask,
 )
-from breast_d2.utils import write_atomic
+from breast_d2.utils import ensure_writable_dir, write_atomic
 
 logger = logging.getLogger("eval_breast_seg")
 
@@ -85,8 +86,12 @@ def main(argv=None) -> int:
         if not sep or not name or not path:
             fail(f"--run must be NAME=PATH, got {spec!r}")
         runs.append((name, path))
-    with open(os.path.join(args.data, "splits.json")) as f:
-        folds = args.folds if args.folds else [int(e["fold"]) for e in json.load(f)["folds"]]
+    try:
+        splits = read_splits(args.data)
+        ensure_writable_dir(args.out)
+    except (ValueError, OSError) as e:  # CohortError: malformed splits.json
+        fail(str(e))
+    folds = args.folds if args.folds else [e["fold"] for e in splits["folds"]]
     checkpoints = {}
     for name, path in runs:
         for fold in folds:
@@ -127,13 +132,12 @@ def main(argv=None) -> int:
         logger.info("run %s fold %d: %d of %d validation cases have a ground-truth mask",
                     name, fold, len(masked[fold]), len(val_ids))  # fmt: skip
         for case_id in masked[fold]:
-            zs, images = load_case_images(args.data, case_id)
+            zs, images = load_case_images(args.data, case_id, case_num_slices(cases, case_id))
             spacing = cases.get(case_id, {}).get("spacing", [1.0, 1.0])[:2]
             pred = predictor.predict_case(images, 0.0, spacing, postprocess=args.postprocess)
             metrics = overlap_metrics(pred, load_case_gt(args.data, case_id, zs))
             case_rows.append({"run": label, "arch": predictor.arch, "fold": fold,
                               "case_id": case_id, **metrics})
-    os.makedirs(args.out, exist_ok=True)
     fold_rows = per_fold_rows(case_rows)
     write_csv(case_rows, os.path.join(args.out, "seg_per_case.csv"))
     write_csv(fold_rows, os.path.join(args.out, "seg_per_fold.csv"))

@@ -19,12 +19,12 @@ The work is done by :mod:`breast_d2.evaluation.froc`. Bad input stops with one l
 ``error: ...`` on stderr and exit code 2.
 """
 import argparse
-import json
 import logging
 import os
 import sys
 
 from breast_d2.cli import OneLineErrorParser
+from breast_d2.data.converted import fold_case_ids, read_splits
 from breast_d2.evaluation.froc import (
     FROCInputError,
     compute_froc,
@@ -50,20 +50,18 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--splits", help="splits.json; with --fold, evaluate its validation cases")
     parser.add_argument("--fold", type=int, help="fold index in --splits")
     parser.add_argument("--hit", choices=("iou3d", "iou2d", "center"), default="iou3d")
-    parser.add_argument("--iou", type=float, default=0.5, help="hit needs IoU > this")
+    parser.add_argument("--iou", type=float, default=0.5,
+                        help="hit needs IoU > this; 0 <= IOU < 1 (0: any overlap)")
     parser.add_argument("--duplicates", choices=("ignore", "fp"), default="ignore")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="case resamples (0: no CI)")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="case resamples, >= 0 (0: no CI)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     return parser
 
 
 def _fold_cases(splits_path: str, fold: int) -> list:
-    with open(splits_path) as f:
-        splits = json.load(f)
-    for entry in splits.get("folds", []):
-        if entry.get("fold") == fold:
-            return list(entry["val"])
-    raise FROCInputError(f"{splits_path}: no fold {fold}")
+    """Validation case ids of ``fold`` (malformed splits.json: one-line CohortError)."""
+    return fold_case_ids(read_splits(splits_path), fold, splits_path)[1]
 
 
 def run_single(args) -> str:

@@ -21,18 +21,22 @@ import sys
 import cv2
 import SimpleITK as sitk
 
-from detectron2.config import get_cfg
-
-from breast_d2.config import add_breast_config
+from breast_d2.cli import OneLineErrorParser, fail
 from breast_d2.data.volumes import CohortError
-from breast_d2.engine import WeightsUnavailableError, resolve_weights
+from breast_d2.engine import (
+    CheckpointError,
+    ConfigError,
+    WeightsUnavailableError,
+    load_breast_config,
+    resolve_weights,
+)
 from breast_d2.inference import CaseDetector, candidate_label_volume
-from breast_d2.utils import atomic_path, write_json_atomic
+from breast_d2.utils import atomic_path, ensure_writable_dir, write_json_atomic
 from breast_d2.visualize import case_montage
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config-file", required=True, help="the detector's training config")
     p.add_argument("--weights", required=True, help="detector checkpoint (model_final.pth)")
     p.add_argument("--seg-weights", default="", help="breast segmentation checkpoint")
@@ -47,10 +51,8 @@ def parse_args(argv=None):
 
 
 def main(args):
-    cfg = get_cfg()
-    add_breast_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts + ["MODEL.DEVICE", args.device])
+    cfg = load_breast_config(args.config_file, args.opts + ["MODEL.DEVICE", args.device])
+    ensure_writable_dir(args.out)  # before the inference, not after
     src = args.images[0] if len(args.images) == 1 else args.images
     case_id = args.case_id or os.path.basename(os.path.normpath(args.images[0])).split(".")[0]
     masker = None
@@ -61,7 +63,6 @@ def main(args):
     detector = CaseDetector(cfg, resolve_weights(args.weights), masker, args.channels,
                             args.batch_size)
     result = detector(src, case_id)
-    os.makedirs(args.out, exist_ok=True)
     write_json_atomic(os.path.join(args.out, "detections.json"), result.detections, indent=1)
     write_json_atomic(os.path.join(args.out, "candidates.json"), result.candidates, indent=1)
     labels = candidate_label_volume(result.candidates, result.geometry.shape_zyx)
@@ -78,10 +79,16 @@ def main(args):
     print(f"written to {args.out}")
 
 
-if __name__ == "__main__":
-    args = parse_args()
+def cli(argv=None) -> int:
+    """Command-line entry point: bad input is one ``error: ...`` line and exit code 2."""
+    args = parse_args(argv)
     try:
         main(args)
-    except (CohortError, WeightsUnavailableError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (ConfigError, CheckpointError, CohortError, WeightsUnavailableError, OSError,
+            ValueError) as e:
+        fail(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

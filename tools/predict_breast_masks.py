@@ -25,6 +25,7 @@ import torch
 
 from breast_d2.cli import OneLineErrorParser, fail
 from breast_d2.segmentation import FoldLeakError, load_fold, write_fold_masks
+from breast_d2.utils import ensure_writable_dir
 
 
 def parse_args(argv=None):
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
         fail("--dilate-mm must be >= 0 and --batch-size >= 1")
     try:
         load_fold(args.data, args.fold)
-    except ValueError as e:
+        ensure_writable_dir(os.path.join(args.data, "masks", f"fold{args.fold}"), "mask folder")
+    except (ValueError, OSError) as e:  # CohortError (malformed splits.json) is a ValueError
         fail(str(e))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
         )
     except FoldLeakError as e:
         fail(f"refusing to write fold {args.fold} masks: {e}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # CheckpointError, a missing slice PNG, ...
         fail(str(e))
     out = os.path.join(args.data, "masks", f"fold{args.fold}")
     print(f"wrote {len(manifest['cases'])} cases to {out}")

@@ -15,7 +15,7 @@ import torch
 
 from breast_d2.cli import OneLineErrorParser, fail
 from breast_d2.segmentation import ARCHS, SegTrainConfig, load_fold, train_segmentation
-from breast_d2.utils import jsonable
+from breast_d2.utils import ensure_writable_dir, jsonable
 
 EPILOG = """\
 Study settings kept: SGD (momentum 0.9), 50 epochs, batch size 5, horizontal flips, 1 labelled
@@ -91,9 +91,12 @@ def main(argv=None) -> int:
         resume = os.path.join(args.out, "model_last.pth")
     if resume and not os.path.isfile(resume):
         fail(f"--resume: no checkpoint {resume}")
+    try:
+        ensure_writable_dir(args.out)
+    except OSError as e:
+        fail(str(e))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(
                             os.path.join(args.out, "log.txt"))])
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
     )
     try:
         result = train_segmentation(args.data, args.fold, args.out, cfg, resume=resume)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # CohortError, CheckpointError are ValueErrors
         fail(str(e))
     print(json.dumps(jsonable({k: result[k] for k in ("epoch", "best_dsc", "last_dsc")})))
     return 0

@@ -12,21 +12,26 @@ validation cases, merges slice detections into 3D candidates and reports FROC (w
 OUTPUT_DIR/fold{K}/inference/). Multi-GPU / multi-machine through detectron2's ``launch``.
 """
 import logging
+import os
 import sys
+import weakref
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from detectron2.engine.hooks import EvalHook
+from detectron2.engine.hooks import EvalHook, PeriodicCheckpointer
 
-from breast_d2.config import add_breast_config
+from breast_d2.cli import fail
+from breast_d2.data.volumes import CohortError
 from breast_d2.engine import (
+    BreastCheckpointer,
+    CheckpointError,
+    ConfigError,
     WeightsUnavailableError,
     apply_epoch_schedule,
     build_breast_evaluator,
     build_breast_test_loader,
     build_breast_train_loader,
     configure_fold,
+    load_breast_config,
     resolve_weights,
     train_dataset_dicts,
 )
@@ -35,7 +40,17 @@ logger = logging.getLogger("breast_d2")
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with the breast-masking mapper and the FROC evaluator."""
+    """DefaultTrainer with the breast-masking mapper, the FROC evaluator and safe loading."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # Weights load with BreastCheckpointer: no code from a .pkl/.pth file ever runs.
+        self.checkpointer = BreastCheckpointer(
+            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        for hook in self._hooks:
+            if isinstance(hook, PeriodicCheckpointer):
+                hook.checkpointer = self.checkpointer
 
     def build_hooks(self):
         hooks = super().build_hooks()
@@ -58,24 +73,34 @@ class Trainer(DefaultTrainer):
 
 def setup(args):
     """Create the config: defaults + breast keys + file + command line, fold and schedule."""
-    cfg = get_cfg()
-    add_breast_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_breast_config(args.config_file, args.opts)  # safe YAML, one-line errors
     configure_fold(cfg, args.fold, args.data)
-    if not args.eval_only:
+    if args.eval_only:
+        _check_eval_weights(cfg, args.resume)
+    else:
         apply_epoch_schedule(cfg, len(train_dataset_dicts(cfg)))
-        cfg.MODEL.WEIGHTS = resolve_weights(cfg.MODEL.WEIGHTS)
+    cfg.MODEL.WEIGHTS = resolve_weights(cfg.MODEL.WEIGHTS)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
+
+
+def _check_eval_weights(cfg, resume: bool) -> None:
+    """Evaluating a randomly initialised model gives meaningless FROC numbers: refuse it."""
+    if cfg.MODEL.WEIGHTS:
+        return
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return  # --resume loads OUTPUT_DIR's last checkpoint
+    raise WeightsUnavailableError(
+        "--eval-only needs trained weights: pass MODEL.WEIGHTS /path/to/model_final.pth"
+    )
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        BreastCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)
@@ -94,8 +119,9 @@ def argument_parser():
     return parser
 
 
-if __name__ == "__main__":
-    args = argument_parser().parse_args()
+def cli(argv=None) -> int:
+    """Command-line entry point: bad input is one ``error: ...`` line and exit code 2."""
+    args = argument_parser().parse_args(argv)
     try:
         launch(
             main,
@@ -105,6 +131,11 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (WeightsUnavailableError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (ConfigError, CheckpointError, WeightsUnavailableError, CohortError,
+            FileNotFoundError) as e:
+        fail(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -13,6 +13,9 @@ from typing import Dict, List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from .converted import read_cases, read_splits
+from .volumes import check_case_id
+
 __all__ = [
     "DEFAULT_DATA_ROOT",
     "default_data_root",
@@ -58,21 +61,23 @@ def load_breast_json(json_file: str, image_root: str, name: Optional[str] = None
             if key not in image:
                 raise ValueError(f"{json_file}: image id {d['image_id']} has no '{key}'")
             d[key] = image[key]
+        # case_id names mask folders (masks/fold{K}/<case_id>/): a plain file name only.
+        check_case_id(d["case_id"], f"{json_file}: image id {d['image_id']}: ")
     return dicts
 
 
 def load_cases_by_id(cases_json: str) -> Dict[str, Dict]:
-    """Read ``cases.json`` into ``{case_id: {"case_id", "shape", "spacing", "boxes"}}``."""
-    with open(cases_json) as f:
-        return {c["case_id"]: c for c in json.load(f)["cases"]}
+    """Read ``cases.json`` into ``{case_id: {"case_id", "shape", "spacing", "boxes"}}``.
+
+    Raises:
+        CohortError: malformed file or a case id that is not a plain file name.
+    """
+    return read_cases(cases_json)
 
 
 def _read_splits(root: str) -> Optional[Dict]:
     path = os.path.join(root, "splits.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return read_splits(path) if os.path.isfile(path) else None
 
 
 def register_breast_folds(
@@ -94,7 +99,7 @@ def register_breast_folds(
     folds = splits["folds"] if splits else [{"fold": k} for k in range(num_folds)]
     names = []
     for entry in folds:
-        fold = int(entry["fold"])
+        fold = entry["fold"]
         for split in ("train", "val"):
             name = dataset_name(fold, split, prefix)
             json_file = os.path.join(root, f"fold{fold}_{split}.json")

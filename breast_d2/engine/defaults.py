@@ -2,10 +2,12 @@
 import logging
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
+import yaml
 
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -14,10 +16,13 @@ from detectron2.data import (
 )
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
+from ..config import add_breast_config
 from ..data.datasets import dataset_name, default_data_root, register_breast_folds
 from ..data.mapper import BreastMaskDatasetMapper, mask_dir_from_config
 
 __all__ = [
+    "ConfigError",
+    "load_breast_config",
     "configure_fold",
     "apply_epoch_schedule",
     "train_dataset_dicts",
@@ -27,6 +32,61 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message is one line."""
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"
+
+
+def load_breast_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
+    """detectron2 defaults + breast keys + ``config_file`` (safe YAML) + ``opts`` overrides.
+
+    The file and its ``_BASE_`` files are read with ``yaml.safe_load`` (``allow_unsafe=False``;
+    detectron2's default would run ``!!python/...`` tags).
+
+    Args:
+        config_file: YAML config path.
+        opts: ``KEY VALUE`` pairs as on the command line.
+
+    Returns:
+        A mutable config.
+
+    Raises:
+        ConfigError: one line naming the file or key: missing file, invalid YAML, a tag that
+            would run code, an unknown key, a value of the wrong type, an odd override list.
+    """
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"config file not found: {config_file}")
+    cfg = get_cfg()
+    add_breast_config(cfg)
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except yaml.constructor.ConstructorError as e:
+        raise ConfigError(
+            f"{config_file}: refusing an unsafe YAML tag, configs are loaded safely "
+            f"({_yaml_problem(e)})"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{config_file}: not valid YAML ({_yaml_problem(e)})") from None
+    except (KeyError, ValueError, TypeError, AttributeError, AssertionError, OSError) as e:
+        raise ConfigError(f"{config_file}: {_config_message(e)}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, TypeError, AttributeError, AssertionError) as e:
+        raise ConfigError(f"config override: {_config_message(e)}") from None
+    return cfg
+
+
+def _config_message(e: BaseException) -> str:
+    """yacs' message on one line (KeyError's str() would add quotes)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(text.split()) or type(e).__name__
 
 
 def configure_fold(cfg, fold: int, data_root: str = "") -> None:

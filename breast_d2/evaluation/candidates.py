@@ -14,6 +14,7 @@ import contextlib
 import gc
 import itertools
 import logging
+import numbers
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
@@ -25,6 +26,7 @@ from scipy.sparse.csgraph import connected_components
 __all__ = [
     "FROCInputError",
     "gc_paused",
+    "is_real_number",
     "CandidateArrays",
     "detections_to_arrays",
     "merge_slice_arrays",
@@ -96,18 +98,22 @@ class CandidateArrays:
         Raises:
             FROCInputError: naming the first bad entry (index and case) when a key is missing, a
                 box is not 6 finite numbers with x1 > x0, y1 > y0, z1 > z0, or a score is not
-                finite.
+                a finite number (strings such as "0.5" and booleans are refused).
         """
         if not isinstance(candidates, (list, tuple)):
             raise FROCInputError(f"candidates must be a list, got {type(candidates).__name__}")
         n = len(candidates)
         try:
             names = list(map(itemgetter("case_id"), candidates))
-            boxes = _as_rows(list(map(itemgetter("box"), candidates)), 6)
-            scores = np.fromiter(map(itemgetter("score"), candidates), dtype=np.float64, count=n)
+            raw_boxes = list(map(itemgetter("box"), candidates))
+            boxes = _as_rows(raw_boxes, 6)
+            raw_scores = list(map(itemgetter("score"), candidates))
+            scores = np.fromiter(raw_scores, dtype=np.float64, count=n)
         except (KeyError, TypeError, ValueError, AttributeError):
             _raise_first_bad_entry(candidates, "candidate", ("case_id", "box", "score"), 6)
             raise  # pragma: no cover - _raise_first_bad_entry always raises
+        _check_real_rows(raw_boxes, candidates, "candidate", "box")
+        _check_real(raw_scores, candidates, "candidate", "score")
         _check_boxes(boxes, scores, candidates, "candidate", 3)
         case_ids, case_index = _index_names(names, candidates, "candidate")
         try:
@@ -119,6 +125,37 @@ class CandidateArrays:
         # Candidates written by other tools may omit "slices": use the box's slice extent.
         slices[missing] = (boxes[missing, 5] - boxes[missing, 2]).astype(np.int64)
         return cls(case_ids, case_index, boxes, scores, slices)
+
+
+def is_real_number(value: Any) -> bool:
+    """True for int/float (and NumPy) numbers; False for bool, strings and everything else.
+
+    ``np.fromiter``/``float()`` would silently take ``"0.5"`` or ``true`` from a JSON file.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_real(values: Sequence[Any], entries: Sequence[Any], what: str, key: str) -> None:
+    """Raise FROCInputError naming the first entry whose ``key`` holds a non-number."""
+    if set(map(type, values)) <= {int, float}:  # the fast path: one C-level pass
+        return
+    for i, value in enumerate(values):
+        if not is_real_number(value):
+            raise FROCInputError(
+                f"{_describe(entries, i, what)}: {key} {value!r:.80} is not a number"
+            )
+
+
+def _check_real_rows(rows: Sequence[Any], entries: Sequence[Any], what: str, key: str) -> None:
+    """:func:`_check_real` for a list of number lists (boxes)."""
+    if set(map(type, itertools.chain.from_iterable(rows))) <= {int, float}:
+        return
+    for i, row in enumerate(rows):
+        bad = [v for v in row if not is_real_number(v)]
+        if bad:
+            raise FROCInputError(
+                f"{_describe(entries, i, what)}: {key} value {bad[0]!r:.80} is not a number"
+            )
 
 
 def _as_rows(rows: List[Any], width: int) -> np.ndarray:
@@ -223,12 +260,18 @@ def detections_to_arrays(
     try:
         # map(itemgetter) keeps the per-entry work in C: this conversion is most of the cost.
         names = list(map(itemgetter("case_id"), detections))
-        boxes = _as_rows(list(map(itemgetter("box"), detections)), 4)
-        slices_f = np.fromiter(map(itemgetter("slice"), detections), dtype=np.float64, count=n)
-        scores = np.fromiter(map(itemgetter("score"), detections), dtype=np.float64, count=n)
+        raw_boxes = list(map(itemgetter("box"), detections))
+        boxes = _as_rows(raw_boxes, 4)
+        raw_slices = list(map(itemgetter("slice"), detections))
+        slices_f = np.fromiter(raw_slices, dtype=np.float64, count=n)
+        raw_scores = list(map(itemgetter("score"), detections))
+        scores = np.fromiter(raw_scores, dtype=np.float64, count=n)
     except (KeyError, TypeError, ValueError, AttributeError):
         _raise_first_bad_entry(detections, "detection", keys, 4)
         raise  # pragma: no cover
+    _check_real_rows(raw_boxes, detections, "detection", "box")
+    _check_real(raw_slices, detections, "detection", "slice")
+    _check_real(raw_scores, detections, "detection", "score")
     _check_boxes(boxes, scores, detections, "detection", 2)
     bad = ~np.isfinite(slices_f) | (slices_f < 0) | (slices_f != np.round(slices_f))
     if bad.any():

@@ -12,7 +12,15 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from .candidates import gc_paused, merge_slice_arrays
-from .froc import FP_RATES, compute_froc, load_cases_json, rate_key, save_froc, subset_cases
+from .froc import (
+    FP_RATES,
+    check_froc_params,
+    compute_froc,
+    load_cases_json,
+    rate_key,
+    save_froc,
+    subset_cases,
+)
 
 __all__ = ["BreastFROCEvaluator"]
 
@@ -79,6 +87,9 @@ class BreastFROCEvaluator(DatasetEvaluator):
         if froc_cfg is not None:
             params.update({k: froc_cfg[key] for k, key in _CFG_KEYS.items() if key in froc_cfg})
         params.update(overrides)
+        # Fail at construction (before inference over the whole split), not at evaluate().
+        check_froc_params(params["hit"], params["iou_thresh"], params["duplicates"],
+                          params["bootstrap"])
         self._params = params
         self._seed = int(seed)
         self._dataset_name = dataset_name

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..utils import write_atomic, write_json_atomic
-from .candidates import CandidateArrays, FROCInputError, _pairs_chunked
+from .candidates import CandidateArrays, FROCInputError, _pairs_chunked, is_real_number
 
 __all__ = [
     "FP_RATES",
@@ -41,6 +41,7 @@ __all__ = [
     "HIT_CRITERIA",
     "FROCInputError",
     "rate_key",
+    "check_froc_params",
     "compute_froc",
     "match_candidates",
     "curve_sensitivity",
@@ -104,8 +105,14 @@ def _ground_truth_arrays(
 
 
 def _case_boxes(case: Mapping[str, Any], cid: str) -> np.ndarray:
-    raw = case.get("boxes", [])
+    if "boxes" not in case:  # a lesion-free case says "boxes": [], it never omits the key
+        raise FROCInputError(f"ground-truth case {cid!r} has no 'boxes' (use [] for no masses)")
+    raw = case["boxes"]
     try:
+        if not isinstance(raw, (list, tuple)):
+            raise TypeError
+        if not all(isinstance(b, (list, tuple)) and all(map(is_real_number, b)) for b in raw):
+            raise TypeError  # np.array would take "0.5" or true as numbers
         boxes = np.array(raw, dtype=np.float64).reshape(-1, 6) if len(raw) else np.zeros((0, 6))
         if len(boxes) != len(raw):
             raise ValueError
@@ -385,6 +392,31 @@ def curve_sensitivity(curve: Mapping[str, Sequence[float]], fps: Sequence[float]
 # ----------------------------------------------------------------------------- compute_froc
 
 
+def check_froc_params(
+    hit: str = "iou3d", iou_thresh: float = 0.5, duplicates: str = "ignore", bootstrap: int = 0
+) -> None:
+    """Validate FROC parameters; raise :class:`FROCInputError` naming the bad value.
+
+    ``iou_thresh`` must be a finite number with ``0 <= iou_thresh < 1``: a hit needs IoU
+    *strictly greater* than it, and IoU lies in [0, 1], so 0 means "any overlap", a negative
+    value would count a candidate that does not even touch a mass as a hit, and 1 or more could
+    never be exceeded. ``bootstrap`` must be an integer >= 0 (0: no confidence intervals).
+    """
+    if hit not in HIT_CRITERIA:
+        raise FROCInputError(f"hit must be one of {HIT_CRITERIA}, got {hit!r}")
+    if duplicates not in DUPLICATE_MODES:
+        raise FROCInputError(f"duplicates must be one of {DUPLICATE_MODES}, got {duplicates!r}")
+    if not is_real_number(iou_thresh) or not 0.0 <= float(iou_thresh) < 1.0:
+        raise FROCInputError(
+            f"IoU threshold (--iou / iou_thresh) must be a number with 0 <= t < 1 (a hit needs "
+            f"IoU > t), got {iou_thresh!r}"
+        )
+    if not isinstance(bootstrap, (int, np.integer)) or isinstance(bootstrap, bool) or bootstrap < 0:
+        raise FROCInputError(
+            f"bootstrap resamples (--bootstrap) must be an integer >= 0, got {bootstrap!r}"
+        )
+
+
 def compute_froc(
     candidates: Candidates,
     ground_truth_cases: Sequence[Mapping[str, Any]],
@@ -403,7 +435,8 @@ def compute_froc(
         ground_truth_cases: the evaluated cases, ``{"case_id", "boxes": [[x0, y0, z0, x1, y1,
             z1], ...]}`` (``cases.json`` entries); every case counts in the FP denominator.
         hit: ``"iou3d"``, ``"iou2d"`` or ``"center"``.
-        iou_thresh: a hit needs IoU strictly greater than this (unused for ``"center"``).
+        iou_thresh: a hit needs IoU strictly greater than this, 0 <= iou_thresh < 1 (checked
+            even for ``"center"``, which does not use it).
         duplicates: ``"ignore"`` or ``"fp"``.
         bootstrap: number of case resamples for the 95% CI (0 = no CI).
         seed: seed of the bootstrap.
@@ -416,13 +449,10 @@ def compute_froc(
         :func:`rate_key`, ``cpm``, ``cpm_interp``, ``ci95`` (None without bootstrap), ``case_ids``.
 
     Raises:
-        FROCInputError: malformed candidates or ground truth, or a candidate of a case that is
-            not among ``ground_truth_cases``.
+        FROCInputError: bad parameters (:func:`check_froc_params`), malformed candidates or
+            ground truth, or a candidate of a case that is not among ``ground_truth_cases``.
     """
-    if hit not in HIT_CRITERIA:
-        raise ValueError(f"hit must be one of {HIT_CRITERIA}, got {hit!r}")
-    if duplicates not in DUPLICATE_MODES:
-        raise ValueError(f"duplicates must be one of {DUPLICATE_MODES}, got {duplicates!r}")
+    check_froc_params(hit, iou_thresh, duplicates, bootstrap)
     cands = _as_candidate_arrays(candidates)
     case_ids, gt_case, gt_boxes = _ground_truth_arrays(ground_truth_cases)
     n = len(case_ids)

@@ -9,7 +9,6 @@ The network sees a square ``input_size`` x ``input_size`` image: the slice is re
 longer side equals ``input_size`` (aspect kept) and zero-padded at the bottom/right
 (:func:`letterbox`); ``input_size=0`` keeps the native size and only pads to a multiple of 32.
 """
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -20,6 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..data.converted import fold_case_ids, read_cases, read_splits
+from ..data.volumes import check_case_id
+from ..utils import path_inside
+
 __all__ = [
     "SIZE_DIVISOR",
     "LetterboxMeta",
@@ -27,7 +30,10 @@ __all__ = [
     "load_fold",
     "has_gt_mask",
     "split_by_gt_mask",
+    "case_dir",
+    "case_num_slices",
     "list_slices",
+    "case_slices",
     "labelled_slices",
     "read_image",
     "read_mask",
@@ -46,19 +52,34 @@ SIZE_DIVISOR = 32
 
 
 def load_cases(data_root: str) -> Dict[str, dict]:
-    """``cases.json`` as ``{case_id: entry}`` (case_id, shape [X,Y,Z], spacing, boxes, ...)."""
-    with open(os.path.join(data_root, "cases.json")) as f:
-        return {c["case_id"]: c for c in json.load(f)["cases"]}
+    """``cases.json`` as ``{case_id: entry}`` (entry keys: case_id, shape [X,Y,Z], spacing, boxes).
+
+    Raises:
+        CohortError (a ValueError): malformed file or a case id that is not a plain file name.
+    """
+    return read_cases(data_root)
 
 
 def load_fold(data_root: str, fold: int) -> Tuple[List[str], List[str]]:
-    """``(train_case_ids, val_case_ids)`` of ``fold`` from ``splits.json``."""
-    with open(os.path.join(data_root, "splits.json")) as f:
-        splits = json.load(f)
-    for entry in splits["folds"]:
-        if int(entry["fold"]) == int(fold):
-            return list(entry["train"]), list(entry["val"])
-    raise ValueError(f"fold {fold} not in {data_root}/splits.json (num_folds={splits['num_folds']})")
+    """``(train_case_ids, val_case_ids)`` of ``fold`` from ``splits.json`` (ids validated).
+
+    Raises:
+        CohortError (a ValueError): malformed ``splits.json``, a bad case id, or no such fold.
+    """
+    path = os.path.join(data_root, "splits.json")
+    return fold_case_ids(read_splits(path), fold, path)
+
+
+def case_dir(data_root: str, sub: str, case_id: str) -> str:
+    """``data_root/sub/case_id`` for a validated case id, never outside ``data_root/sub``.
+
+    Args:
+        data_root: converted folder.
+        sub: ``"slices"``, ``"masks/gt"``, ``"masks/fold0"``, ...
+        case_id: checked with :func:`~breast_d2.data.volumes.check_case_id`.
+    """
+    root = os.path.join(data_root, sub)
+    return path_inside(root, check_case_id(case_id, f"{root}: "))
 
 
 def has_gt_mask(data_root: str, case_id: str, entry: Optional[Mapping] = None) -> bool:
@@ -127,18 +148,60 @@ def read_mask(path: str) -> np.ndarray:
     return m > 0
 
 
-def load_case_images(data_root: str, case_id: str) -> Tuple[List[int], np.ndarray]:
-    """``(z_list, images [Z, H, W, 3] uint8)`` of every slice of a case."""
-    folder = os.path.join(data_root, "slices", case_id)
+def case_num_slices(cases: Dict[str, dict], case_id: str) -> Optional[int]:
+    """``Z`` (``shape[2]``) of a case in a :func:`load_cases` dict; None when not recorded."""
+    shape = cases.get(case_id, {}).get("shape")
+    ok = isinstance(shape, (list, tuple)) and len(shape) == 3 and isinstance(shape[2], int)
+    return int(shape[2]) if ok else None
+
+
+def case_slices(data_root: str, case_id: str, num_slices: Optional[int] = None) -> List[int]:
+    """Slice indices ``0 .. Z-1`` of a case, after checking that every slice PNG is there.
+
+    Args:
+        data_root: converted folder.
+        case_id: the case (validated, see :func:`case_dir`).
+        num_slices: ``Z`` from ``cases.json`` (``shape[2]``); None: the highest slice found + 1,
+            so only gaps, not a missing last slice, are noticed.
+
+    Raises:
+        FileNotFoundError: naming the case and the first missing slice (a skipped slice would
+            shift every later one).
+        ValueError: slices beyond ``num_slices``.
+    """
+    folder = case_dir(data_root, "slices", case_id)
     zs = list_slices(folder)
     if not zs:
         raise FileNotFoundError(f"case {case_id}: no slices in {folder}")
+    count = zs[-1] + 1 if num_slices is None else int(num_slices)
+    missing = sorted(set(range(count)) - set(zs))
+    if missing:
+        raise FileNotFoundError(
+            f"case {case_id} slice {missing[0]}: {os.path.join(folder, f'{missing[0]:04d}.png')} "
+            f"is missing ({len(missing)} of {count} slices missing)"
+        )
+    if zs[-1] >= count:
+        raise ValueError(f"case {case_id}: slice {zs[-1]} in {folder} but cases.json says "
+                         f"{count} slices")
+    return zs
+
+
+def load_case_images(
+    data_root: str, case_id: str, num_slices: Optional[int] = None
+) -> Tuple[List[int], np.ndarray]:
+    """``(z_list, images [Z, H, W, 3] uint8)`` of every slice of a case.
+
+    ``num_slices`` (``cases.json`` ``shape[2]``) lets :func:`case_slices` notice a missing last
+    slice too; any missing slice is an error naming the case and slice.
+    """
+    zs = case_slices(data_root, case_id, num_slices)
+    folder = case_dir(data_root, "slices", case_id)
     return zs, np.stack([read_image(os.path.join(folder, f"{z:04d}.png")) for z in zs])
 
 
 def load_case_gt(data_root: str, case_id: str, zs: Sequence[int]) -> np.ndarray:
     """Ground-truth breast mask ``[Z, H, W]`` bool for slices ``zs`` (error naming a missing slice)."""
-    folder = os.path.join(data_root, "masks", "gt", case_id)
+    folder = case_dir(data_root, os.path.join("masks", "gt"), case_id)
     out = []
     for z in zs:
         path = os.path.join(folder, f"{z:04d}.png")
@@ -232,12 +295,12 @@ class BreastSliceDataset(Dataset):
         self.flip = flip
         self.items: List[Tuple[str, int]] = []
         images, masks = [], []
+        cases = load_cases(data_root)
         for case_id in case_ids:
-            zs = list_slices(os.path.join(data_root, "slices", case_id))
-            if not zs:
-                raise FileNotFoundError(f"case {case_id}: no slices under {data_root}/slices")
+            zs = case_slices(data_root, case_id, case_num_slices(cases, case_id))
             for z in [zs[i] for i in labelled_slices(len(zs), label_every)]:
-                img = read_image(os.path.join(data_root, "slices", case_id, f"{z:04d}.png"))
+                img = read_image(os.path.join(case_dir(data_root, "slices", case_id),
+                                              f"{z:04d}.png"))
                 gt = load_case_gt(data_root, case_id, [z])[0].astype(np.uint8)
                 images.append(letterbox(img, input_size)[0])
                 masks.append(letterbox(gt, input_size, cv2.INTER_NEAREST)[0])

@@ -7,7 +7,6 @@ fold K, records the checkpoint's ``train_cases`` in ``masks/fold{K}/manifest.jso
 :func:`verify_fold_masks` re-checks a written folder against the manifest and the checkpoint.
 """
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -18,8 +17,12 @@ import cv2
 import numpy as np
 import torch
 
-from ..utils import write_json_atomic
+from ..data.converted import read_json
+from ..data.volumes import check_case_id
+from ..utils import load_torch_file, path_inside, write_json_atomic
 from .data import (
+    case_num_slices,
+    case_slices,
     images_to_tensor,
     letterbox,
     list_slices,
@@ -57,7 +60,9 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     """Load a segmentation checkpoint dict (docs/DATA_FORMAT.md) on the CPU."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path, "breast segmentation checkpoint")  # weights_only=True
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} is not a breast segmentation checkpoint (not a dict)")
     missing = [k for k in ("arch", "encoder", "model", "train_cases") if k not in ckpt]
     if missing:
         raise ValueError(f"{path} is not a breast segmentation checkpoint (missing {missing})")
@@ -223,12 +228,12 @@ def _sha256(path: str) -> str:
 
 def _write_case_atomic(fold_dir: str, case_id: str, zs: Sequence[int], masks: np.ndarray) -> None:
     """Write ``<case_id>/<z:04d>.png`` into a temp folder, then swap it in (never half-written)."""
+    final = path_inside(fold_dir, check_case_id(case_id, f"{fold_dir}: "))
     tmp = tempfile.mkdtemp(dir=fold_dir, prefix=f".tmp-{case_id}-")
     try:
         for z, m in zip(zs, masks):
             if not cv2.imwrite(os.path.join(tmp, f"{z:04d}.png"), m.astype(np.uint8) * 255):
                 raise OSError(f"case {case_id}: cannot write slice {z} in {tmp}")
-        final = os.path.join(fold_dir, case_id)
         old = None
         if os.path.exists(final):
             old = tempfile.mkdtemp(dir=fold_dir, prefix=f".old-{case_id}-")
@@ -317,8 +322,7 @@ def write_fold_masks(
     manifest_path = os.path.join(fold_dir, MANIFEST_NAME)
     manifest = {**settings, "cases": {}}
     if resume and os.path.isfile(manifest_path):
-        with open(manifest_path) as f:
-            old = json.load(f)
+        old = read_json(manifest_path)
         diff = sorted(k for k in settings if old.get(k) != settings[k])
         if diff:
             raise ValueError(f"--resume: {manifest_path} was written with other settings: {diff}")
@@ -335,14 +339,15 @@ def write_fold_masks(
         todo += [(c, "unseen") for c in _unseen_cases(cases, train_ids, val_ids, ckpt)]
     for case_id, role in tqdm(todo, desc=f"masks fold{fold}", disable=not progress):
         case_source = "gt" if role == "train" and case_id in with_gt else "model"
-        zs = list_slices(os.path.join(data_root, "slices", case_id))
+        num_slices = case_num_slices(cases, case_id)
+        zs = case_slices(data_root, case_id, num_slices)  # a missing slice PNG is an error
         done = manifest["cases"].get(case_id)
         if done and done["source"] == case_source and done["slices"] == len(zs):
-            if list_slices(os.path.join(fold_dir, case_id)) == zs:
+            if list_slices(path_inside(fold_dir, case_id)) == zs:
                 continue
         spacing = cases.get(case_id, {}).get("spacing", [1.0, 1.0, 1.0])[:2]
         if case_source == "model":
-            zs, images = load_case_images(data_root, case_id)
+            zs, images = load_case_images(data_root, case_id, num_slices)
             masks = predictor.predict_case(images, dilation_mm, spacing)
         else:
             masks = dilate_mm(load_case_gt(data_root, case_id, zs), dilation_mm, spacing)
@@ -375,8 +380,7 @@ def verify_fold_masks(data_root: str, fold: int, check_checkpoint: bool = True) 
     path = os.path.join(fold_dir, MANIFEST_NAME)
     if not os.path.isfile(path):
         return [f"no {path}"]
-    with open(path) as f:
-        manifest = json.load(f)
+    manifest = read_json(path)
     _, val_ids = load_fold(data_root, fold)
     problems = []
     if int(manifest.get("fold", -1)) != int(fold):
@@ -387,7 +391,7 @@ def verify_fold_masks(data_root: str, fold: int, check_checkpoint: bool = True) 
             train_cases |= set(load_checkpoint(manifest["weights"])["train_cases"])
     for case_id in val_ids:
         entry = manifest["cases"].get(case_id)
-        if entry is None or not os.path.isdir(os.path.join(fold_dir, case_id)):
+        if entry is None or not os.path.isdir(path_inside(fold_dir, case_id)):
             problems.append(f"validation case {case_id}: no masks")
         elif entry["source"] != "model":
             problems.append(f"validation case {case_id}: source {entry['source']!r}, not 'model'")

@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from ..utils import atomic_path
+from ..utils import write_atomic
 from .metrics import METRIC_NAMES, summarize
 
 __all__ = ["ARCH_LABELS", "per_fold_rows", "write_csv", "markdown_report"]
@@ -39,11 +39,14 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
     """Write dict rows (same keys) as CSV atomically; floats with 6 decimals."""
     if not rows:
         raise ValueError(f"nothing to write to {path}")
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+
+    def write(f):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+
+    write_atomic(path, write)
 
 
 def _fmt(s: Dict[str, float]) -> str:

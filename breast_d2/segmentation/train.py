@@ -20,7 +20,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..utils import atomic_path, write_json_atomic
-from .data import BreastSliceDataset, load_case_gt, load_case_images, load_fold, split_by_gt_mask
+from .data import (
+    BreastSliceDataset,
+    case_num_slices,
+    load_case_gt,
+    load_case_images,
+    load_cases,
+    load_fold,
+    split_by_gt_mask,
+)
 from .losses import deep_supervision_loss, get_loss
 from .metrics import overlap_metrics
 from .models import BreastSegModel, build_model
@@ -94,8 +102,9 @@ def evaluate_cases(
     was_training = model.training
     model.eval()
     out = {}
+    cases = load_cases(data_root)
     for case_id in case_ids:
-        zs, images = load_case_images(data_root, case_id)
+        zs, images = load_case_images(data_root, case_id, case_num_slices(cases, case_id))
         zs, images = zs[::slice_stride], images[::slice_stride]
         gt = load_case_gt(data_root, case_id, zs)
         prob = predict_proba(model, images, input_size, batch_size, device)
