@@ -1,0 +1,159 @@
+"""Converter reliability (issue 11): misaligned phases, changed inputs on resume, killed runs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import numpy as np
+import SimpleITK as sitk
+
+from breast_d2.data.convert import convert_cohort
+from breast_d2.data.volumes import CohortError
+from test_convert import make_cohort
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(REPO, "tools", "convert_to_coco.py")
+
+
+def rewrite_phase(cohort, case_id, phase, origin=None, direction=None):
+    path = os.path.join(cohort, "IMAGES", case_id, f"{case_id}_{phase:04d}.nii.gz")
+    img = sitk.ReadImage(path)
+    if origin is not None:
+        img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
+    sitk.WriteImage(img, path)
+
+
+class TestMisalignedPhases(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.cohort = os.path.join(self.tmp.name, "cohort")
+        make_cohort(self.cohort)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def convert(self, **kw):
+        return convert_cohort(os.path.join(self.cohort, "IMAGES"), os.path.join(self.tmp.name, "O"),
+                              labels=os.path.join(self.cohort, "LABELS"), num_folds=2, **kw)
+
+    def test_shifted_phase_is_refused_then_resampled_on_request(self):
+        rewrite_phase(self.cohort, "PH0003", 1, origin=(157.0, 0.0, 0.0))
+        with self.assertRaises(CohortError) as ctx:
+            self.convert()
+        msg = str(ctx.exception)
+        for needle in ("case PH0003", "phase 1", "misaligned", "157", "--resample-phases"):
+            self.assertIn(needle, msg)
+        self.assertEqual(self.convert(resample_phases=True)["cases"], 5)
+
+    def test_flipped_axis_is_refused(self):
+        rewrite_phase(self.cohort, "PH0002", 2, direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1))
+        with self.assertRaisesRegex(CohortError, "case PH0002: phase 2 .* misaligned"):
+            self.convert()
+
+    def test_sub_voxel_header_rounding_is_accepted(self):
+        rewrite_phase(self.cohort, "PH0002", 1, origin=(0.1, 0.0, 0.0))  # < half of 0.75 mm
+        self.assertEqual(self.convert()["cases"], 5)
+
+
+class TestResumeAfterEdits(unittest.TestCase):
+    def test_edited_label_volume_is_redone(self):
+        with tempfile.TemporaryDirectory() as d:
+            cohort, out = os.path.join(d, "cohort"), os.path.join(d, "OUT")
+            make_cohort(cohort)
+            kw = dict(labels=os.path.join(cohort, "LABELS"), num_folds=2)
+            convert_cohort(os.path.join(cohort, "IMAGES"), out, **kw)
+            label = np.zeros((8, 48, 48), np.uint8)
+            label[2:5, 10:20, 10:20] = 1
+            path = os.path.join(cohort, "LABELS", "PH0002.nii.gz")
+            img = sitk.GetImageFromArray(label)
+            img.SetSpacing((0.75, 0.75, 1.5))
+            sitk.WriteImage(img, path)
+            os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+            summary = convert_cohort(os.path.join(cohort, "IMAGES"), out, resume=True, **kw)
+            self.assertEqual((summary["converted"], summary["resumed"]), (1, 4))
+            with open(os.path.join(out, "cases.json")) as f:
+                cases = {c["case_id"]: c for c in json.load(f)["cases"]}
+            self.assertEqual(cases["PH0002"]["boxes"], [[10, 10, 2, 20, 20, 5]])
+            with open(os.path.join(out, "convert.log")) as f:
+                self.assertIn("case PH0002: its input files changed", f.read())
+
+    def test_stray_temp_files_are_removed(self):
+        with tempfile.TemporaryDirectory() as d:
+            cohort, out = os.path.join(d, "cohort"), os.path.join(d, "OUT")
+            make_cohort(cohort)
+            kw = dict(labels=os.path.join(cohort, "LABELS"), num_folds=2)
+            convert_cohort(os.path.join(cohort, "IMAGES"), out, **kw)
+            for path in (os.path.join(out, ".tmp-abc-cases.json"),
+                         os.path.join(out, ".convert_state", ".tmp-x-PH0001.json")):  # fmt: skip
+                with open(path, "w") as f:
+                    f.write("{")
+            convert_cohort(os.path.join(cohort, "IMAGES"), out, resume=True, **kw)
+            left = [n for _, _, names in os.walk(out) for n in names if n.startswith(".tmp-")]
+            self.assertEqual(left, [])
+
+
+def _processes_mentioning(text):
+    """PIDs of live processes whose command line contains ``text``."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmd and state != "Z":
+            pids.append(int(pid))
+    return pids
+
+
+@unittest.skipUnless(sys.platform.startswith("linux"), "PR_SET_PDEATHSIG is Linux-only")
+class TestKilledConverter(unittest.TestCase):
+    def test_workers_die_with_the_converter_and_a_second_one_is_locked_out(self):
+        with tempfile.TemporaryDirectory() as d:
+            cohort, out = os.path.join(d, "cohort"), os.path.join(d, "OUT-killed")
+            make_cohort(cohort, {f"PH{i:04d}": [] for i in range(40)})
+            env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            cmd = [sys.executable, TOOL, "--images", os.path.join(cohort, "IMAGES"), "--labels",
+                   os.path.join(cohort, "LABELS"), "--out", out, "--folds", "2", "--workers", "2"]
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)  # fmt: skip
+            try:
+                deadline = time.time() + 60
+                while not os.path.isdir(os.path.join(out, "slices")) and time.time() < deadline:
+                    time.sleep(0.05)
+                self.assertTrue(os.path.isdir(os.path.join(out, "slices")), "converter never wrote")
+                # while it runs, a second converter on the same folder is refused
+                res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True,
+                                     timeout=120)  # fmt: skip
+                if proc.poll() is None:  # (it may have finished first on a fast machine)
+                    self.assertEqual(res.returncode, 2, res.stderr)
+                    self.assertIn("being written by another converter", res.stderr)
+                    self.assertIn(f"process {proc.pid}", res.stderr)
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+                deadline = time.time() + 10
+                while _processes_mentioning(out) and time.time() < deadline:
+                    time.sleep(0.1)
+                self.assertEqual(_processes_mentioning(out), [])
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                for pid in _processes_mentioning(out):
+                    os.kill(pid, signal.SIGKILL)
+            # and the folder can be resumed to a complete conversion
+            res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True,
+                                 timeout=300)  # fmt: skip
+            self.assertEqual(res.returncode, 0, res.stderr)
+            self.assertEqual(len(os.listdir(os.path.join(out, "slices"))), 40)
+
+
+if __name__ == "__main__":
+    unittest.main()
