@@ -38,8 +38,8 @@ class TestMisalignedPhases(unittest.TestCase):
     def tearDown(self):
         self.tmp.cleanup()
 
-    def convert(self, **kw):
-        return convert_cohort(os.path.join(self.cohort, "IMAGES"), os.path.join(self.tmp.name, "O"),
+    def convert(self, out="O", **kw):
+        return convert_cohort(os.path.join(self.cohort, "IMAGES"), os.path.join(self.tmp.name, out),
                               labels=os.path.join(self.cohort, "LABELS"), num_folds=2, **kw)
 
     def test_shifted_phase_is_refused_then_resampled_on_request(self):
@@ -49,7 +49,7 @@ class TestMisalignedPhases(unittest.TestCase):
         msg = str(ctx.exception)
         for needle in ("case PH0003", "phase 1", "misaligned", "157", "--resample-phases"):
             self.assertIn(needle, msg)
-        self.assertEqual(self.convert(resample_phases=True)["cases"], 5)
+        self.assertEqual(self.convert("O2", resample_phases=True)["cases"], 5)
 
     def test_flipped_axis_is_refused(self):
         rewrite_phase(self.cohort, "PH0002", 2, direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -114,45 +114,75 @@ def _processes_mentioning(text):
     return pids
 
 
+def make_slow_cohort(root, num_cases=60, shape=(24, 128, 128)):
+    """Enough NIfTI cases that a 2-worker conversion runs for a few seconds."""
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(root, "LABELS"))
+    for i in range(num_cases):
+        case_id = f"PH{i:04d}"
+        os.makedirs(os.path.join(root, "IMAGES", case_id))
+        for p in range(3):
+            img = sitk.GetImageFromArray(rng.integers(0, 500, shape, dtype=np.int16))
+            sitk.WriteImage(img, os.path.join(root, "IMAGES", case_id, f"{case_id}_{p:04d}.nii"))
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape, np.uint8)),
+                        os.path.join(root, "LABELS", f"{case_id}.nii"))  # fmt: skip
+
+
 @unittest.skipUnless(sys.platform.startswith("linux"), "PR_SET_PDEATHSIG is Linux-only")
 class TestKilledConverter(unittest.TestCase):
-    def test_workers_die_with_the_converter_and_a_second_one_is_locked_out(self):
-        with tempfile.TemporaryDirectory() as d:
-            cohort, out = os.path.join(d, "cohort"), os.path.join(d, "OUT-killed")
-            make_cohort(cohort, {f"PH{i:04d}": [] for i in range(40)})
-            env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            cmd = [sys.executable, TOOL, "--images", os.path.join(cohort, "IMAGES"), "--labels",
-                   os.path.join(cohort, "LABELS"), "--out", out, "--folds", "2", "--workers", "2"]
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)  # fmt: skip
-            try:
-                deadline = time.time() + 60
-                while not os.path.isdir(os.path.join(out, "slices")) and time.time() < deadline:
-                    time.sleep(0.05)
-                self.assertTrue(os.path.isdir(os.path.join(out, "slices")), "converter never wrote")
-                # while it runs, a second converter on the same folder is refused
-                res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True,
-                                     timeout=120)  # fmt: skip
-                if proc.poll() is None:  # (it may have finished first on a fast machine)
-                    self.assertEqual(res.returncode, 2, res.stderr)
-                    self.assertIn("being written by another converter", res.stderr)
-                    self.assertIn(f"process {proc.pid}", res.stderr)
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-                deadline = time.time() + 10
-                while _processes_mentioning(out) and time.time() < deadline:
-                    time.sleep(0.1)
-                self.assertEqual(_processes_mentioning(out), [])
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                for pid in _processes_mentioning(out):
-                    os.kill(pid, signal.SIGKILL)
-            # and the folder can be resumed to a complete conversion
-            res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True,
-                                 timeout=300)  # fmt: skip
-            self.assertEqual(res.returncode, 0, res.stderr)
-            self.assertEqual(len(os.listdir(os.path.join(out, "slices"))), 40)
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.cohort, self.out = os.path.join(self.tmp.name, "c"), os.path.join(self.tmp.name, "OUT-k")
+        make_slow_cohort(self.cohort)
+        self.env = dict(os.environ,
+                        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.cmd = [sys.executable, TOOL, "--images", os.path.join(self.cohort, "IMAGES"),
+                    "--labels", os.path.join(self.cohort, "LABELS"), "--out", self.out,
+                    "--folds", "2", "--workers", "2"]  # fmt: skip
+
+    def tearDown(self):
+        for pid in _processes_mentioning(self.out):
+            os.kill(pid, signal.SIGKILL)
+        self.tmp.cleanup()
+
+    def test_a_second_converter_is_locked_out(self):
+        from breast_d2.data.convert import _lock_out, _unlock_out
+
+        os.makedirs(self.out)
+        fd = _lock_out(self.out)  # this test process plays the running converter
+        try:
+            res = subprocess.run(self.cmd + ["--resume"], env=self.env, capture_output=True,
+                                 text=True, timeout=120)  # fmt: skip
+        finally:
+            _unlock_out(self.out, fd)
+        self.assertEqual(res.returncode, 2, res.stderr)
+        self.assertEqual(res.stderr.count("\n"), 1, res.stderr)
+        self.assertIn(f"being written by another converter (process {os.getpid()}", res.stderr)
+
+    def test_workers_die_with_a_killed_converter(self):
+        proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.time() + 120
+            slices = os.path.join(self.out, "slices")
+            while not (os.path.isdir(slices) and os.listdir(slices)) and time.time() < deadline:
+                time.sleep(0.02)
+            self.assertIsNone(proc.poll(), "the converter finished before it could be killed")
+            self.assertGreaterEqual(len(_processes_mentioning(self.out)), 2)  # parent + workers
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            deadline = time.time() + 10
+            while _processes_mentioning(self.out) and time.time() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(_processes_mentioning(self.out), [])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        # the folder resumes to a complete conversion
+        res = subprocess.run(self.cmd + ["--resume"], env=self.env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertEqual(len(os.listdir(os.path.join(self.out, "slices"))), 60)
 
 
 if __name__ == "__main__":
