@@ -438,3 +438,10 @@ def test_make_phantom_layout_option(capsys):
         with pytest.raises(SystemExit) as exc:
             cli.main(["--out", os.path.join(d, "z"), "--layout", "dicom", *small])
         assert exc.value.code == 2
+        # The default layout is today's NIfTI cohort, byte for byte.
+        nifti, ref = os.path.join(d, "nifti"), os.path.join(d, "ref")
+        assert cli.main(["--out", nifti, *small]) == 0
+        ph.write_cohort(ref, 2, 0, **TINY)
+        assert _files(nifti) == _files(ref)
+        for f in _files(ref):
+            assert filecmp.cmp(os.path.join(nifti, f), os.path.join(ref, f), shallow=False), f

@@ -45,6 +45,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+from openpyxl import Workbook
 from scipy import ndimage
 
 from ..utils import write_atomic, write_json_atomic
@@ -696,8 +697,6 @@ def _write_text(path: str, text: str) -> None:
 
 def _xlsx_bytes(sheet: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> bytes:
     """One-sheet workbook (openpyxl, write-only) with fixed time stamps: same rows, same bytes."""
-    from openpyxl import Workbook
-
     wb = Workbook(write_only=True)
     ws = wb.create_sheet(sheet)
     ws.append(list(header))
@@ -732,7 +731,7 @@ def _write_xlsx(path: str, sheet: str, header, rows) -> None:
 # ----------------------------------------------------------------------------------------------
 def _layout_params(layout, num_cases, seed, matrix, slices, fov_mm, phase_interval_s, workers):
     _check_int("num_cases", num_cases, 1, 999 if layout == "duke" else 100_000)
-    _check_params(seed, matrix, slices, fov_mm, 2, phase_interval_s)
+    _check_params(seed, matrix, slices, fov_mm, 2, phase_interval_s)  # phases: chosen per case
     _check_int("workers", workers, 1, 256)
     return {
         "generator": __name__,
