@@ -36,7 +36,7 @@ def duke():
         root = os.path.join(tmp, "duke")
         assert _load_tool("make_phantom").main(
             ["--layout", "duke", "--out", root, "--cases", "7", "--seed", "0", "--matrix", "64",
-             "--slices", "12"]) == 0  # fmt: skip
+             "--slices", "16"]) == 0  # fmt: skip
         yield tmp, root
 
 
