@@ -2,6 +2,8 @@
 PY := .venv/bin/python
 ENV := .venv/.breast_d2_env_ok
 export OMP_NUM_THREADS ?= 2
+# UTF-8 text files and console whatever the machine's locale (reports and tables hold "±").
+export PYTHONUTF8 ?= 1
 
 .PHONY: env demo test bench clean-demo
 

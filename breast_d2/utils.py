@@ -51,7 +51,8 @@ def atomic_path(path: str) -> Iterator[str]:
 def write_atomic(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
     """Call ``write(open_file)`` on a temporary file, then move it to ``path``."""
     with atomic_path(path) as tmp:
-        with open(tmp, mode) as f:
+        # text is always UTF-8 (tables hold "±"), whatever the locale of the machine
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)
 
 

@@ -187,3 +187,31 @@ class TestKilledConverter(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestMessages(unittest.TestCase):
+    def test_error_printed_once_and_phase_count_checked(self):
+        with tempfile.TemporaryDirectory() as d:
+            cohort = os.path.join(d, "cohort")
+            make_cohort(cohort)
+            env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            cmd = [sys.executable, TOOL, "--images", os.path.join(cohort, "IMAGES"), "--labels",
+                   os.path.join(cohort, "LABELS"), "--out", os.path.join(d, "OUT"), "--folds", "2",
+                   "--phases", "4"]  # fmt: skip
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            self.assertEqual(res.returncode, 2)
+            self.assertEqual(res.stderr.count("--phases expects 4"), 1, res.stderr)
+            self.assertIn("error: case PH0001: 3 phase(s)", res.stderr)
+
+    def test_input_that_cannot_be_opened_is_not_called_an_output_problem(self):
+        with tempfile.TemporaryDirectory() as d:
+            cohort = os.path.join(d, "cohort")
+            make_cohort(cohort)
+            label = os.path.join(cohort, "LABELS", "PH0002.nii.gz")
+            os.remove(label)
+            os.makedirs(label)  # a folder where the label file should be
+            with self.assertRaises(CohortError) as ctx:
+                convert_cohort(os.path.join(cohort, "IMAGES"), os.path.join(d, "OUT"),
+                               labels=os.path.join(cohort, "LABELS"), num_folds=2)  # fmt: skip
+            self.assertNotIn("cannot write output", str(ctx.exception))
+            self.assertIn("PH0002", str(ctx.exception))
