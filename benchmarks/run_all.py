@@ -12,6 +12,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = [
     ["bench_phantom.py"],
+    ["bench_convert_duke.py", "--repeats", "3", "--map-rows", "770000"],
     ["bench_froc.py"],
     ["bench_segmentation.py", "--sizes", "320", "160", "--threads", "2"],
     ["bench_mapper.py"],
