@@ -1,0 +1,19 @@
+"""Shared test fixtures."""
+import logging
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers_on_closed_streams():
+    """Tools set up console loggers on the stream pytest captured for an earlier test; once that
+    stream is closed, logging to it prints "--- Logging error ---". Drop such handlers first."""
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for handler in list(lg.handlers):
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and getattr(stream, "closed", False):
+                lg.removeHandler(handler)
+    yield
