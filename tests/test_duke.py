@@ -6,9 +6,11 @@ collection folder, ``Breast_MRI_NNN/<study>/<SeriesNumber>.000000-<description>-
 import csv
 import json
 import os
+import shutil
 import tempfile
 import unittest
 
+import cv2
 import numpy as np
 import openpyxl
 import SimpleITK as sitk
@@ -191,8 +193,6 @@ class TestDukeDownload(DukeTree):
 
     def test_slices_hold_the_right_phases(self):
         self.convert()
-        import cv2
-
         # green = post1 - pre: bright only inside the lesion on the lesion's slices
         for case_id in ("Breast_MRI_002", "Breast_MRI_003"):
             img = cv2.imread(os.path.join(self.out, "slices", case_id, "0002.png"))[..., ::-1]
@@ -270,12 +270,13 @@ class TestDukeDownload(DukeTree):
 
 
 class TestSeriesMap(DukeTree):
-    def map_rows(self, case_id, renames=None):
-        """Mapping rows of a case's dynamic series (sequence from the description)."""
+    def map_rows(self, case_id, renames):
+        """Mapping rows of a case's series; ``renames``: description or series number -> sequence."""
         rows, case_dir = [], os.path.join(self.images, case_id)
         for folder in sorted(os.listdir(os.path.join(case_dir, STUDY))):
             desc = folder.split("-", 1)[1].rsplit("-", 1)[0]
-            seq = (renames or {}).get(desc)
+            # by description, or by series number where descriptions are alike
+            seq = renames.get(desc) or renames.get(folder.split(".")[0])
             if seq is None:
                 continue
             for name in sorted(os.listdir(os.path.join(case_dir, STUDY, folder))):
@@ -290,15 +291,7 @@ class TestSeriesMap(DukeTree):
     def test_map_resolves_what_no_rule_can(self):
         write_duke_case(self.images, "Breast_MRI_005", ["ax 3d", "ax 3d", "ax 3d"], seed=5)
         # series 3 is post_1 and series 4 the pre: the map wins over any order
-        rows = self.map_rows("Breast_MRI_005", {})
-        case = os.path.join(self.images, "Breast_MRI_005", STUDY)
-        for folder in sorted(os.listdir(case)):
-            seq = {"3": "post_1", "4": "pre", "5": "post_2", "2": "T1"}.get(folder[0])
-            for name in sorted(os.listdir(os.path.join(case, folder))) if seq else ():
-                n = int(name.split("-")[1].split(".")[0])
-                rows.append([f"DICOM_Images/Breast_MRI_005/{seq}/Breast_MRI_005_{seq}_{n:03d}.dcm",
-                             f"Duke-Breast-Cancer-MRI/Breast_MRI_005/1.2/1.2.{folder[0]}/{name}",
-                             f"Duke-Breast-Cancer-MRI/Breast_MRI_005/{STUDY}/{folder}/{name}"])
+        rows = self.map_rows("Breast_MRI_005", {"3": "post_1", "4": "pre", "5": "post_2", "2": "T1"})
         for path in (os.path.join(self.root, "map.xlsx"), os.path.join(self.root, "map.csv")):
             write_table(path, MAP_HEADER, rows)
             write_table(self.boxes, BOX_HEADER, [lesion_box_row("Breast_MRI_005")])
@@ -312,8 +305,6 @@ class TestSeriesMap(DukeTree):
                              ["4", "3", "5"])  # fmt: skip
             self.assertEqual({p["rule"] for p in case5["phases"]}, {"series map"})
             self.assertEqual(case5["boxes"], [[6, 4, 1, 12, 9, 4]])
-            import shutil
-
             shutil.rmtree(self.out)
 
     def test_map_row_whose_file_is_missing(self):

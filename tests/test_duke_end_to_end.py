@@ -5,7 +5,6 @@ file numbers against slice position, a case only the series map resolves, and a 
 """
 import importlib.util
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -28,24 +27,6 @@ def _load_tool(name):
 def _read(path):
     with open(path) as f:
         return json.load(f)
-
-
-def _all_handlers():
-    loggers = [logging.getLogger()] + [
-        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
-    ]
-    return {lg: list(lg.handlers) for lg in loggers}
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """train_net sets up console loggers on pytest's captured stream: take them away after."""
-    before = _all_handlers()
-    yield
-    for lg, handlers in _all_handlers().items():
-        for h in handlers:
-            if h not in before.get(lg, []):
-                lg.removeHandler(h)
 
 
 @pytest.fixture(scope="module")

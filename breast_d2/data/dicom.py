@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .volumes import CohortError, one_line
+from .volumes import CohortError, one_line, read_header
 
 __all__ = [
     "DicomSlice",
@@ -120,16 +120,7 @@ class SeriesHeader:
 
 
 def _header(path: str, case_id: str) -> sitk.ImageFileReader:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    reader.SetImageIO("GDCMImageIO")
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise CohortError(
-            f"case {case_id}: unreadable DICOM file {path}: {one_line(e)}"
-        ) from None
-    return reader
+    return read_header(path, case_id, "DICOM", image_io="GDCMImageIO")
 
 
 def _tag(reader: sitk.ImageFileReader, name: str) -> str:

@@ -73,6 +73,8 @@ _POST_RE = re.compile(r"post\s*[-_]?\s*(\d+)")
 _MAP_SEQUENCE_RE = re.compile(r"^(pre|post_(\d+))$", re.IGNORECASE)
 _MAP_NUMBER_RE = re.compile(r"_(\d+)\.dcm$", re.IGNORECASE)
 _ORIENTATION_ATOL = 1e-3
+# rules that split one multi-phase series into its phases
+_SPLIT_RULES = ("temporal position", "acquisition time")
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,9 @@ class ChosenPhase:
     @property
     def label(self) -> str:
         """Series folder (relative to the case), plus the phase for a split multi-phase series."""
-        return self.series.rel if self.rule not in ("temporal position", "acquisition time") \
-            else f"{self.series.rel} [phase {self.index}]"  # fmt: skip
+        if self.rule in _SPLIT_RULES:
+            return f"{self.series.rel} [phase {self.index}]"
+        return self.series.rel
 
 
 # ----------------------------------------------------------------------------- descriptions
@@ -184,8 +187,8 @@ def _split_multiphase(series: SeriesHeader, case_id: str) -> List[ChosenPhase]:
     phases = []
     for index, value in enumerate(sorted(groups)):
         ordered = sort_slices(groups[value], series.orientation)
-        label = f"{series.rel} [phase {index}]"
-        check_slices(ordered, series.orientation, case_id, label, first_number=None)
+        check_slices(ordered, series.orientation, case_id, f"{series.rel} [phase {index}]",
+                     first_number=None)  # fmt: skip
         first = min(s.file_number for s in ordered)
         # Box tables count each phase's slices from 1 (TCIA's mapping numbers them per phase).
         local = tuple(_renumber(s, s.file_number - first + 1) for s in ordered)

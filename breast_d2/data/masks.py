@@ -18,7 +18,7 @@ from typing import Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .volumes import CaseGeometry, CohortError, _check_nifti_complete, _one_line
+from .volumes import CaseGeometry, CohortError, check_nifti_complete, one_line
 
 __all__ = ["same_grid", "world_bounds", "read_mask_on_grid", "read_label_on_grid"]
 
@@ -65,11 +65,11 @@ def _read_image(path: str, case_id: str, kind: str) -> sitk.Image:
     if not os.path.isfile(path):
         raise CohortError(f"case {case_id}: missing {kind} file {path}")
     if path.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_complete(path, case_id)  # SimpleITK reads a truncated NIfTI silently
+        check_nifti_complete(path, case_id)  # SimpleITK reads a truncated NIfTI silently
     try:
         return sitk.ReadImage(path)
     except RuntimeError as e:
-        message = _one_line(e)
+        message = one_line(e)
         raise CohortError(f"case {case_id}: unreadable {kind} file {path}: {message}") from None
 
 

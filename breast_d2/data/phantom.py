@@ -1174,16 +1174,24 @@ def _generate(index: int, out_dir: str, params: Dict[str, object]) -> Dict[str, 
     return record
 
 
-def _run_jobs(todo, out_dir, params, workers, done: Callable[[Dict[str, object]], None]) -> None:
-    """Generate the cases in ``todo`` serially or in ``workers`` processes."""
+def run_case_jobs(
+    job: Callable[[int, str, Dict[str, object]], Dict[str, object]],
+    todo: Sequence[int],
+    out_dir: str,
+    params: Dict[str, object],
+    workers: int,
+    done: Callable[[Dict[str, object]], None],
+) -> None:
+    """Run ``job(index, out_dir, params)`` for each case index, serially or in ``workers``
+    processes, calling ``done(record)`` as each finishes (every phantom layout writes this way)."""
     if workers <= 1 or len(todo) <= 1:
         for index in todo:
-            done(_generate(index, out_dir, params))
+            done(job(index, out_dir, params))
         return
     # fork: workers inherit the imported modules (importing breast_d2 loads detectron2/torch)
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-        futures = [pool.submit(_generate, index, out_dir, params) for index in todo]
+        futures = [pool.submit(job, index, out_dir, params) for index in todo]
         for fut in as_completed(futures):
             done(fut.result())
 
@@ -1275,7 +1283,7 @@ def write_cohort(
         if progress is not None:
             progress(record["case_id"], True)
 
-    _run_jobs(todo, out_dir, params, workers, done)
+    run_case_jobs(_generate, todo, out_dir, params, workers, done)
     ordered = [records[case_id_for(i)] for i in range(num_cases)]
     _atomic_write_text(os.path.join(out_dir, "boxes.csv"), _boxes_csv(ordered))
     _atomic_write_text(os.path.join(out_dir, "phantom.json"), _phantom_json(params, ordered))

@@ -34,12 +34,10 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing as mp
 import os
 import re
 import shutil
 import zipfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -62,6 +60,7 @@ from .phantom import (
     _to_int16,
     _write_nifti,
     make_case,
+    run_case_jobs,
 )
 from .volumes import DUKE_COLUMNS, box_to_duke_row
 
@@ -746,20 +745,6 @@ def _layout_params(layout, num_cases, seed, matrix, slices, fov_mm, phase_interv
     }
 
 
-def _run_pool(job, todo: Sequence[int], out_dir: str, params, workers: int, done) -> None:
-    """Run ``job(index, out_dir, params)`` for each index, serially or in worker processes."""
-    if workers <= 1 or len(todo) <= 1:
-        for index in todo:
-            done(job(index, out_dir, params))
-        return
-    # fork: workers inherit the imported modules (importing breast_d2 loads detectron2/torch)
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-        futures = [pool.submit(job, index, out_dir, params) for index in todo]
-        for fut in as_completed(futures):
-            done(fut.result())
-
-
 def _load_record(path: str) -> Optional[Dict[str, object]]:
     if not os.path.isfile(path):
         return None
@@ -787,7 +772,7 @@ def _generate_all(job, case_ids, is_done, out_dir, params, workers, progress):
         if progress is not None:
             progress(record["case_id"], True)
 
-    _run_pool(job, todo, out_dir, params, workers, done)
+    run_case_jobs(job, todo, out_dir, params, workers, done)
     shutil.rmtree(os.path.join(out_dir, _STATE_DIR, "tmp"), ignore_errors=True)
     return [records[cid] for cid in case_ids], len(todo)
 

@@ -27,6 +27,8 @@ from scipy import ndimage
 __all__ = [
     "CohortError",
     "one_line",
+    "read_header",
+    "check_nifti_complete",
     "CaseGeometry",
     "CaseVolume",
     "BoxRow",
@@ -95,9 +97,6 @@ def one_line(exc: BaseException) -> str:
         if "ERROR" in ln:
             return ln
     return lines[-1] if lines else type(exc).__name__
-
-
-_one_line = one_line
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -319,23 +318,31 @@ def _file_phase_sources(paths: Sequence[PathLike], case_id: str) -> List[_PhaseS
     return sources
 
 
-def _file_info(path: str, case_id: str, kind: str = "image") -> sitk.ImageFileReader:
-    """A reader holding the header of ``path``; unreadable -> CohortError naming ``kind``."""
+def read_header(
+    path: str, case_id: str, kind: str = "image", image_io: str = ""
+) -> sitk.ImageFileReader:
+    """A reader holding the header of ``path``; unreadable -> CohortError naming ``kind``.
+
+    Args:
+        image_io: SimpleITK ImageIO to use (e.g. ``"GDCMImageIO"``); "" lets SimpleITK choose.
+    """
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
+    if image_io:
+        reader.SetImageIO(image_io)
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise CohortError(f"case {case_id}: unreadable {kind} file {path}: {_one_line(e)}") from None
+        raise CohortError(f"case {case_id}: unreadable {kind} file {path}: {one_line(e)}") from None
     return reader
 
 
 def _num_dims(path: str, case_id: str) -> int:
-    return _file_info(path, case_id).GetDimension()
+    return read_header(path, case_id).GetDimension()
 
 
 def _num_volumes(path: str, case_id: str) -> int:
-    return int(_file_info(path, case_id).GetSize()[3])
+    return int(read_header(path, case_id).GetSize()[3])
 
 
 def find_phase_sources(
@@ -423,7 +430,7 @@ def _gzip_size(path: str, need: Optional[int]) -> int:
     return total
 
 
-def _check_nifti_complete(path: str, case_id: str) -> None:
+def check_nifti_complete(path: str, case_id: str) -> None:
     """Raise if a NIfTI file holds fewer voxel bytes than its header announces.
 
     SimpleITK silently reads a truncated ``.nii``/``.nii.gz`` (missing voxels become zeros or
@@ -452,7 +459,7 @@ def _read_source(source: _PhaseSource, case_id: str) -> sitk.Image:
             image = reader.Execute()
         else:
             if _is_nifti(source.files[0]):
-                _check_nifti_complete(source.files[0], case_id)
+                check_nifti_complete(source.files[0], case_id)
             image = sitk.ReadImage(source.files[0])
             if source.volume_index >= 0:
                 size = list(image.GetSize())
@@ -460,7 +467,7 @@ def _read_source(source: _PhaseSource, case_id: str) -> sitk.Image:
     except RuntimeError as e:
         kind = "DICOM series" if source.is_dicom else "image file"
         raise CohortError(
-            f"case {case_id}: unreadable {kind} {source.label}: {_one_line(e)}"
+            f"case {case_id}: unreadable {kind} {source.label}: {one_line(e)}"
         ) from None
     if image.GetDimension() != 3:
         raise CohortError(
