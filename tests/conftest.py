@@ -1,4 +1,5 @@
 """Shared test fixtures."""
+import locale
 import logging
 
 import pytest
@@ -17,3 +18,12 @@ def _drop_log_handlers_on_closed_streams():
             if isinstance(handler, logging.StreamHandler) and getattr(stream, "closed", False):
                 lg.removeHandler(handler)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_ctype_locale():
+    """ITK's DICOM writer (the tests write DICOM series) leaves LC_CTYPE at "C", which makes
+    Python's default text encoding ASCII for every later test: restore it after each test."""
+    ctype = locale.setlocale(locale.LC_CTYPE)
+    yield
+    locale.setlocale(locale.LC_CTYPE, ctype)

@@ -33,6 +33,7 @@ import datetime
 import hashlib
 import io
 import json
+import locale
 import logging
 import os
 import re
@@ -432,7 +433,13 @@ def _write_dicom(image, path: str, tags: Dict[str, str]) -> None:
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     writer.SetFileName(path)
-    writer.Execute(image)
+    # ITK's DICOM writer leaves the process's LC_CTYPE at "C" for a 3D image, which turns
+    # Python's default text encoding into ASCII for the rest of the process: put it back.
+    ctype = locale.setlocale(locale.LC_CTYPE)
+    try:
+        writer.Execute(image)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, ctype)
 
 
 @dataclass
