@@ -128,7 +128,8 @@ def main():
             print(f"repeat {r}: convert {conv[-1]:.2f} s, floor {flo[-1]:.2f} s, "
                   f"ratio {conv[-1] / flo[-1]:.2f}", flush=True)
         ratios = [c / f for c, f in zip(conv, flo)]
-        print("\n| case | convert s/case (median, range) | floor s (median, range) | ratio (median, range) |")
+        print("\n| case | convert s/case (median, range) | floor s (median, range) "
+              "| ratio (median, range) |")
         print("|---|---|---|---|")
         print(f"| {args.size}x{args.size}x{args.slices}, 5 DICOM phases + loc + T1 | "
               f"{st.median(conv):.2f} ({min(conv):.2f}-{max(conv):.2f}) | "

@@ -132,7 +132,8 @@ def make_slow_cohort(root, num_cases=60, shape=(24, 128, 128)):
 class TestKilledConverter(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
-        self.cohort, self.out = os.path.join(self.tmp.name, "c"), os.path.join(self.tmp.name, "OUT-k")
+        self.cohort = os.path.join(self.tmp.name, "c")
+        self.out = os.path.join(self.tmp.name, "OUT-k")
         make_slow_cohort(self.cohort)
         self.env = dict(os.environ,
                         PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -1,7 +1,8 @@
 """Duke-Breast-Cancer-MRI as downloaded from TCIA: series choice, series map, boxes by file number.
 
 Every tree here is a tiny TCIA-style download written by the test itself: a manifest folder, the
-collection folder, ``Breast_MRI_NNN/<study>/<SeriesNumber>.000000-<description>-<5 digits>/1-NNN.dcm``.
+collection folder, ``Breast_MRI_NNN/<study>/<SeriesNumber>.000000-<description>-<5 digits>/``
+holding ``1-NNN.dcm`` files.
 """
 import csv
 import json
@@ -41,7 +42,8 @@ def phase_volume(phase: int, seed: int) -> np.ndarray:
 def write_series(case_dir, number, description, volumes, orientation=AXIAL, reverse=False,
                  patient="P", study_uid="1.2.3", temporal=False, start=1):  # fmt: skip
     """Write one series folder; ``volumes`` is a list (several = one multi-phase series)."""
-    folder = os.path.join(case_dir, STUDY, f"{number}.000000-{description.replace('/', '')}-1234{number}")
+    name = f"{number}.000000-{description.replace('/', '')}-1234{number}"
+    folder = os.path.join(case_dir, STUDY, name)
     os.makedirs(folder)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -64,7 +66,8 @@ def write_series(case_dir, number, description, volumes, orientation=AXIAL, reve
                 tags["0020|0100"] = str(t + 1)
             for tag, value in tags.items():
                 img.SetMetaData(tag, value)
-            writer.SetFileName(os.path.join(folder, f"1-{file_number:0{max(2, len(str(count)))}d}.dcm"))
+            digits = max(2, len(str(count)))
+            writer.SetFileName(os.path.join(folder, f"1-{file_number:0{digits}d}.dcm"))
             writer.Execute(img)
             file_number += 1
     return folder
@@ -241,8 +244,9 @@ class TestDukeDownload(DukeTree):
         self.check_error(["case Breast_MRI_001", "post_1", "missing"])
 
     def test_series_of_another_patient(self):
-        write_series(os.path.join(self.images, "Breast_MRI_004"), 9, "t1_fl3d_tra_dynVIEWS_spair 2nd pass",
-                     [phase_volume(2, 4)], reverse=True, patient="OTHER")  # fmt: skip
+        write_series(os.path.join(self.images, "Breast_MRI_004"), 9,
+                     "t1_fl3d_tra_dynVIEWS_spair 2nd pass", [phase_volume(2, 4)], reverse=True,
+                     patient="OTHER")  # fmt: skip
         self.check_error(["case Breast_MRI_004", "PatientID OTHER"])
 
     def test_unresolvable_case_suggests_series_map(self):
@@ -271,7 +275,7 @@ class TestDukeDownload(DukeTree):
 
 class TestSeriesMap(DukeTree):
     def map_rows(self, case_id, renames):
-        """Mapping rows of a case's series; ``renames``: description or series number -> sequence."""
+        """Mapping rows of a case's series; ``renames``: description or series number -> seq."""
         rows, case_dir = [], os.path.join(self.images, case_id)
         for folder in sorted(os.listdir(os.path.join(case_dir, STUDY))):
             desc = folder.split("-", 1)[1].rsplit("-", 1)[0]
@@ -291,7 +295,8 @@ class TestSeriesMap(DukeTree):
     def test_map_resolves_what_no_rule_can(self):
         write_duke_case(self.images, "Breast_MRI_005", ["ax 3d", "ax 3d", "ax 3d"], seed=5)
         # series 3 is post_1 and series 4 the pre: the map wins over any order
-        rows = self.map_rows("Breast_MRI_005", {"3": "post_1", "4": "pre", "5": "post_2", "2": "T1"})
+        sequences = {"3": "post_1", "4": "pre", "5": "post_2", "2": "T1"}
+        rows = self.map_rows("Breast_MRI_005", sequences)
         for path in (os.path.join(self.root, "map.xlsx"), os.path.join(self.root, "map.csv")):
             write_table(path, MAP_HEADER, rows)
             write_table(self.boxes, BOX_HEADER, [lesion_box_row("Breast_MRI_005")])

@@ -44,12 +44,13 @@ def make_mama_mia(root):
         with open(os.path.join(root, "patient_info_files", f"{case.lower()}.json"), "w") as f:
             json.dump({"patient_id": case}, f)
     # an expert mask of a case that was not downloaded
-    write(np.zeros(SHAPE, np.uint8), os.path.join(root, "segmentations", "expert", "ispy2_999999.nii.gz"))
+    expert = os.path.join(root, "segmentations", "expert")
+    write(np.zeros(SHAPE, np.uint8), os.path.join(expert, "ispy2_999999.nii.gz"))
     with open(os.path.join(root, "clinical_and_imaging_info.xlsx"), "wb") as f:
         f.write(b"not looked at")
     with open(os.path.join(root, "train_test_splits.csv"), "w", newline="") as f:
-        rows = [["train_split", "test_split"], ["DUKE_001", "ispy2_100899"], ["NACT_01", "ISPY2_999999"],
-                ["ISPY1_1001", ""]]  # fmt: skip
+        rows = [["train_split", "test_split"], ["DUKE_001", "ispy2_100899"],
+                ["NACT_01", "ISPY2_999999"], ["ISPY1_1001", ""]]  # fmt: skip
         csv.writer(f).writerows(rows)
 
 
@@ -102,10 +103,12 @@ class TestMamaMia(unittest.TestCase):
         self.assertEqual(len(merge_close_lesions(comps, boxes, (1, 1, 1), 2.9)[1]), 3)
         self.assertEqual(merge_close_lesions(comps, boxes, (1, 1, 1), 3.0)[1],
                          [[0, 0, 0, 4, 1, 1], [9, 0, 0, 10, 1, 1]])  # fmt: skip
-        self.assertEqual(merge_close_lesions(comps, boxes, (1, 1, 1), 6.0)[1], [[0, 0, 0, 10, 1, 1]])
+        self.assertEqual(merge_close_lesions(comps, boxes, (1, 1, 1), 6.0)[1],
+                         [[0, 0, 0, 10, 1, 1]])  # fmt: skip
 
     def test_two_masks_for_one_case(self):
-        write(np.zeros(SHAPE, np.uint8), os.path.join(self.root, "segmentations", "expert", "NACT_01.nii.gz"))
+        expert = os.path.join(self.root, "segmentations", "expert")
+        write(np.zeros(SHAPE, np.uint8), os.path.join(expert, "NACT_01.nii.gz"))
         with self.assertRaisesRegex(CohortError, "case NACT_01: two label volume files"):
             self.convert()
 

@@ -187,7 +187,8 @@ def _match_files(folder: str, cases: Sequence[str], kind: str, orphans: dict) ->
     """``{case_id: file}`` of a LABELS/MASKS folder; files of cases without images are skipped."""
     found = find_case_files(folder, cases, kind)
     for name, path in found.orphans:
-        orphans.setdefault(kind + "s", []).append(f"{kind} {path}: case {name} has no images; skipped")
+        message = f"{kind} {path}: case {name} has no images; skipped"
+        orphans.setdefault(kind + "s", []).append(message)
     return found.paths
 
 

@@ -178,8 +178,8 @@ def _split_multiphase(series: SeriesHeader, case_id: str) -> List[ChosenPhase]:
         rule, key = "acquisition time", (lambda s: float(s.acquisition_time or 0))
     else:
         raise CohortError(
-            f"case {case_id}: multi-phase series {series.rel} has neither TemporalPositionIdentifier "
-            "nor AcquisitionTime on every file; cannot split it into phases"
+            f"case {case_id}: multi-phase series {series.rel} has neither "
+            "TemporalPositionIdentifier nor AcquisitionTime on every file; cannot split it"
         )
     groups: Dict[float, List[DicomSlice]] = {}
     for s in slices:
@@ -351,8 +351,8 @@ def read_series_map(path: PathLike, case_ids: Optional[Iterable[str]] = None) ->
         original = cells["original_path_and_filename"].replace("\\", "/").split("/")
         if len(original) < 4:
             raise CohortError(
-                f"{row_label(path, row)}: original_path_and_filename {cells[MAP_COLUMNS[0]]!r} is not "
-                "DICOM_Images/<case>/<sequence>/<file>_<NNN>.dcm"
+                f"{row_label(path, row)}: original_path_and_filename "
+                f"{cells[MAP_COLUMNS[0]]!r} is not DICOM_Images/<case>/<sequence>/<file>_<NNN>.dcm"
             )
         sequence = original[-2]
         m = _MAP_SEQUENCE_RE.match(sequence)
@@ -468,8 +468,8 @@ def find_collection_root(images: PathLike) -> str:
     """The folder of case folders inside what the user passed as ``--images``.
 
     Accepts the NBIA manifest folder (``manifest-<digits>/``, or any folder holding NBIA's
-    ``metadata.csv``, with one collection folder inside), the collection folder (``Duke-Breast-Cancer-MRI/``), or any folder of
-    case folders; returns the last two unchanged.
+    ``metadata.csv``, with one collection folder inside), the collection folder
+    (``Duke-Breast-Cancer-MRI/``), or any folder of case folders; returns the last two unchanged.
 
     Raises:
         CohortError: a manifest folder holding several collections.

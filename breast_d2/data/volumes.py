@@ -503,12 +503,12 @@ def _check_same_grid(ref: CaseGeometry, geom: CaseGeometry, case_id: str, label:
             f"case {case_id}: {label} has spacing {list(geom.spacing)} mm but phase 0 has "
             f"{list(ref.spacing)} mm; pass --resample-phases to resample it onto phase 0"
         )
-    shift = grid_misalignment_mm(ref, geom)
-    if shift > _ALIGN_TOL_VOXELS * min(ref.spacing):
+    shift, tolerance = grid_misalignment_mm(ref, geom), _ALIGN_TOL_VOXELS * min(ref.spacing)
+    if shift > tolerance:
         raise CohortError(
             f"case {case_id}: {label} is misaligned with phase 0 by up to {shift:.2f} mm (origin "
-            f"or direction differ; tolerance half a voxel, {_ALIGN_TOL_VOXELS * min(ref.spacing):.2f}"
-            " mm); pass --resample-phases to resample it onto phase 0"
+            f"or direction differ; tolerance half a voxel, {tolerance:.2f} mm); pass "
+            "--resample-phases to resample it onto phase 0"
         )
 
 
