@@ -320,6 +320,13 @@ class TestSeriesMap(DukeTree):
         self.check_error(["map.csv line 5", "case Breast_MRI_001", "1-99.dcm", "does not exist"],
                          series_map=path)  # fmt: skip
 
+    def test_map_that_misses_a_downloaded_file(self):
+        rows = self.map_rows("Breast_MRI_001", {"ax dyn pre": "pre", "ax dyn 1st pass": "post_1"})
+        path = os.path.join(self.root, "map.csv")
+        write_table(path, MAP_HEADER, rows[1:])  # the pre's first file is on disk, not in the map
+        self.check_error(["case Breast_MRI_001", "ax dyn pre", "1 file(s) that", "does not list"],
+                         series_map=path)  # fmt: skip
+
     def test_read_series_map_skips_other_cases_and_t1(self):
         rows = self.map_rows("Breast_MRI_001", {"ax dyn pre": "pre", "ax t1": "T1"})
         path = os.path.join(self.root, "map.xlsx")
@@ -328,6 +335,44 @@ class TestSeriesMap(DukeTree):
         (entry,) = smap.cases["Breast_MRI_001"].values()
         self.assertEqual(len(entry.files), Z)
         self.assertEqual(read_series_map(path, ["Breast_MRI_002"]).cases, {})
+
+
+class TestOtherOrdersAndArguments(DukeTree):
+    def test_series_number_order(self):
+        # an export holding only the phases, with descriptions no rule knows
+        images = os.path.join(self.root, "export")
+        for p in range(3):
+            write_series(os.path.join(images, "Breast_MRI_001"), 10 + p, f"series {p}",
+                         [phase_volume(p, 1)])  # fmt: skip
+        write_table(self.boxes, BOX_HEADER, [lesion_box_row("Breast_MRI_001")])
+        os.makedirs(os.path.join(images, "Breast_MRI_002"))
+        shutil.copytree(os.path.join(images, "Breast_MRI_001", STUDY),
+                        os.path.join(images, "Breast_MRI_002", STUDY))  # fmt: skip
+        self.check_error(["no series looks like a DCE phase", "--series-map"], images=images)
+        shutil.rmtree(self.out)
+        self.convert(images=images, dicom_order="series-number")
+        cases = read_json(os.path.join(self.out, "cases.json"))["cases"]
+        self.assertEqual([p["description"] for p in cases[0]["phases"]],
+                         ["series 0", "series 1", "series 2"])  # fmt: skip
+        self.assertEqual(cases[0]["boxes"], [[6, 4, 1, 12, 9, 4]])
+
+    def test_multiphase_next_to_other_dynamic_series(self):
+        write_series(os.path.join(self.images, "Breast_MRI_003"), 9, "ax dyn 1st pass",
+                     [phase_volume(1, 3)])  # fmt: skip
+        self.check_error(["case Breast_MRI_003", "multi-phase series next to", "--series-map"])
+
+    def test_description_naming_two_phases(self):
+        write_duke_case(self.images, "Breast_MRI_005", ["ax dyn pre", "ax dyn pre 1st pass"])
+        self.check_error(["case Breast_MRI_005", "names two phases"])
+
+    def test_bad_arguments(self):
+        for kw, needle in (({"merge_lesions_mm": -1.0}, "merge_lesions_mm must be >= 0"),
+                           ({"merge_lesions_mm": float("nan")}, "merge_lesions_mm must be >= 0"),
+                           ({"phases": 1}, "phases must be >= 2"),
+                           ({"dicom_order": "name"}, "dicom_order must be"),
+                           ({"splits_from": "/nonexistent.csv"}, "does not exist")):  # fmt: skip
+            self.check_error([needle], **kw)
+        self.assertFalse(os.path.exists(self.out))
 
 
 class TestBoxTables(unittest.TestCase):

@@ -402,6 +402,14 @@ def _choose_by_map(
                 )
             files_by_phase.setdefault(phase, []).append((header, path, number))
     _check_phase_set(files_by_phase, case_id, f"series map {table}")
+    listed = {path for items in files_by_phase.values() for _, path, _ in items}
+    for header in {h.folder: h for items in files_by_phase.values() for h, _, _ in items}.values():
+        extra = [f for f in header.files if f not in listed]
+        if extra:  # a file the map does not know would be dropped without a word
+            raise CohortError(
+                f"case {case_id}: series {header.rel} holds {len(extra)} file(s) that {table} "
+                f"does not list (e.g. {os.path.basename(extra[0])}); is the map for this download?"
+            )
     phases = []
     for index in sorted(files_by_phase):
         items = files_by_phase[index]
