@@ -216,3 +216,73 @@ class TestMessages(unittest.TestCase):
                                labels=os.path.join(cohort, "LABELS"), num_folds=2)  # fmt: skip
             self.assertNotIn("cannot write output", str(ctx.exception))
             self.assertIn("PH0002", str(ctx.exception))
+
+
+class TestShards(unittest.TestCase):
+    """``--shard K/N`` on several processes at once, then ``--merge-shards`` = one run's bytes."""
+
+    COHORT_FILES = ("cases.json", "splits.json", "fold0_train.json", "fold0_val.json",
+                    "fold1_train.json", "fold1_val.json")  # fmt: skip
+
+    def outputs(self, out):
+        """Hash of everything a converted folder holds for its users (not logs or state)."""
+        from test_convert import tree_hash
+
+        return {name: tree_hash(os.path.join(out, name))
+                for name in ("slices", "masks") + self.COHORT_FILES}  # fmt: skip
+
+    def test_shards_at_once_then_merge_equal_a_single_run(self):
+        with tempfile.TemporaryDirectory() as d:
+            cohort = os.path.join(d, "cohort")
+            make_cohort(cohort)
+            args = ["--images", os.path.join(cohort, "IMAGES"), "--boxes",
+                    os.path.join(cohort, "boxes.csv"), "--masks", os.path.join(cohort, "MASKS"),
+                    "--folds", "2", "--seed", "3"]  # fmt: skip
+            env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            single, sharded = os.path.join(d, "single"), os.path.join(d, "sharded")
+
+            def tool(*extra):
+                return subprocess.Popen([sys.executable, TOOL, *args, *extra], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+            procs = [tool("--out", sharded, "--shard", f"{k}/3") for k in range(3)]
+            procs.append(tool("--out", single))
+            for p in procs:
+                _, err = p.communicate(timeout=300)
+                self.assertEqual(p.returncode, 0, err)
+            self.assertFalse(os.path.exists(os.path.join(sharded, "cases.json")))
+            merge = tool("--out", sharded, "--merge-shards")
+            _, err = merge.communicate(timeout=300)
+            self.assertEqual(merge.returncode, 0, err)
+            self.assertEqual(self.outputs(sharded), self.outputs(single))
+            for name in self.COHORT_FILES:
+                with open(os.path.join(sharded, name), "rb") as a, \
+                        open(os.path.join(single, name), "rb") as b:  # fmt: skip
+                    self.assertEqual(a.read(), b.read(), name)
+
+    def test_merge_with_a_missing_shard_names_the_cases(self):
+        with tempfile.TemporaryDirectory() as d:
+            cohort, out = os.path.join(d, "cohort"), os.path.join(d, "OUT")
+            make_cohort(cohort)
+            kw = dict(labels=os.path.join(cohort, "LABELS"), num_folds=2)
+            convert_cohort(os.path.join(cohort, "IMAGES"), out, shard=(0, 2), **kw)
+            with self.assertRaises(CohortError) as ctx:
+                convert_cohort(os.path.join(cohort, "IMAGES"), out, merge_shards=True, **kw)
+            msg = str(ctx.exception)
+            self.assertIn("2 case(s) were converted by no shard (PH0002, PH0004)", msg)
+            convert_cohort(os.path.join(cohort, "IMAGES"), out, shard=(1, 2), **kw)
+            summary = convert_cohort(os.path.join(cohort, "IMAGES"), out, merge_shards=True, **kw)
+            self.assertEqual(summary["cases"], 5)
+
+    def test_a_case_a_shard_skipped_stays_skipped_in_the_merge(self):
+        with tempfile.TemporaryDirectory() as d:
+            cohort, out = os.path.join(d, "cohort"), os.path.join(d, "OUT")
+            make_cohort(cohort)
+            os.remove(os.path.join(cohort, "IMAGES", "PH0003", "PH0003_0001.nii.gz"))
+            kw = dict(labels=os.path.join(cohort, "LABELS"), num_folds=2, skip_bad_cases=True)
+            for k in range(2):
+                convert_cohort(os.path.join(cohort, "IMAGES"), out, shard=(k, 2), **kw)
+            summary = convert_cohort(os.path.join(cohort, "IMAGES"), out, merge_shards=True, **kw)
+            self.assertEqual((summary["cases"], summary["bad_cases"]), (4, ["PH0003"]))
+            with open(os.path.join(out, "cases.json")) as f:
+                self.assertEqual([s["case_id"] for s in json.load(f)["skipped"]], ["PH0003"])

@@ -32,6 +32,17 @@ def _non_negative_mm(text: str) -> float:
     return value
 
 
+def _shard(text: str):
+    """``"K/N"`` -> ``(K, N)`` with 0 <= K < N."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N (e.g. 0/8), got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"expected 0 <= K < N, got {text!r}")
+    return k, n
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -80,6 +91,16 @@ def get_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--resume", action="store_true", help="skip cases finished earlier")
+    sharding = parser.add_mutually_exclusive_group()
+    sharding.add_argument(
+        "--shard", type=_shard, metavar="K/N",
+        help="convert every N-th case from the K-th into the shared --out (shards run at the "
+        "same time, e.g. a SLURM array); then run once more with --merge-shards",
+    )  # fmt: skip
+    sharding.add_argument(
+        "--merge-shards", action="store_true",
+        help="write cases.json, splits.json and the fold files from the shards' cases",
+    )  # fmt: skip
     parser.add_argument(
         "--skip-bad-cases", action="store_true",
         help="skip a case with bad input (listed at the end and in cases.json) instead of stopping",
@@ -113,15 +134,20 @@ def main(argv=None) -> int:
             splits_from=args.splits_from,
             merge_lesions_mm=args.merge_lesions_mm,
             resample_phases=args.resample_phases,
+            shard=args.shard,
+            merge_shards=args.merge_shards,
         )
     except (CohortError, OSError) as e:
         sys.stderr.write(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
         return 2
-    print(
-        f"converted {summary['cases']} cases ({summary['converted']} new, {summary['resumed']} "
-        f"resumed): {summary['slices']} slices, {summary['lesions']} lesions, "
-        f"{summary['folds']} folds -> {summary['out']} ({summary['seconds']:.1f} s)"
-    )
+    if args.shard:
+        print(f"shard {args.shard[0]}/{args.shard[1]}: {summary['cases']} cases "
+              f"({summary['converted']} new) -> {summary['out']}; merge with --merge-shards")
+    else:
+        print(f"converted {summary['cases']} cases ({summary['converted']} new, "
+              f"{summary['resumed']} resumed): {summary['slices']} slices, "
+              f"{summary['lesions']} lesions, {summary['folds']} folds -> {summary['out']} "
+              f"({summary['seconds']:.1f} s)")  # fmt: skip
     for kind, count in summary["orphans"].items():
         print(f"partial download: {count} {kind} without images skipped (see convert.log)")
     if summary["bad_cases"]:

@@ -88,6 +88,7 @@ class _CaseJob(NamedTuple):
     mask_path: Optional[str]
     settings: dict
     series_map: Optional[SeriesMap] = None  # this case's rows of TCIA's filepath mapping only
+    tmp_dir: str = _TMP_DIR  # temporary folder inside ``out`` (one per shard)
 
 
 # ----------------------------------------------------------------------------- folds
@@ -340,7 +341,7 @@ def _convert_case(job: _CaseJob) -> dict:
     """Convert one case atomically (worker entry point); returns its record."""
     if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
         os._exit(1)  # orphaned worker (no PR_SET_PDEATHSIG on this system): never write on
-    tmp = tempfile.mkdtemp(prefix=job.case_id + ".", dir=os.path.join(job.out, _TMP_DIR))
+    tmp = tempfile.mkdtemp(prefix=job.case_id + ".", dir=os.path.join(job.out, job.tmp_dir))
     try:
         record = _write_case(job, tmp)
         try:
@@ -635,8 +636,8 @@ def _make_jobs(images, out, cases, boxes_csv, labels, masks, settings, series_ma
     ]
 
 
-def _start_log(out: str) -> logging.Handler:
-    handler = logging.FileHandler(os.path.join(out, _LOG_NAME))
+def _start_log(out: str, name: str = _LOG_NAME) -> logging.Handler:
+    handler = logging.FileHandler(os.path.join(out, name))
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
     handler.setLevel(logging.INFO)
     return handler
@@ -677,6 +678,8 @@ def convert_cohort(
     splits_from: Optional[PathLike] = None,
     merge_lesions_mm: float = 0.0,
     resample_phases: bool = False,
+    shard: Optional[Tuple[int, int]] = None,
+    merge_shards: bool = False,
 ) -> dict:
     """Convert a cohort to the converted-folder layout of docs/DATA_FORMAT.md.
 
@@ -718,6 +721,12 @@ def convert_cohort(
         resample_phases: resample a phase that is not on phase 0's voxel grid (other size or
             spacing, or shifted/rotated by more than half a voxel) onto it by physical position,
             instead of stopping with an error naming the case and phase.
+        shard: ``(k, n)``: convert only cases ``k, k + n, k + 2n, ..`` of the sorted case list
+            into ``out`` (which may hold other shards' cases; shards run at the same time without
+            touching each other's files) and write no cohort files. Implies ``resume``.
+        merge_shards: write ``cases.json``, ``splits.json`` and the fold files from the cases the
+            shards converted (every case must be finished or recorded as skipped by a shard);
+            byte for byte what a single run writes.
 
     Returns:
         summary dict with keys ``out, cases, converted, resumed, bad_cases`` (ids skipped by
@@ -739,6 +748,13 @@ def convert_cohort(
         raise CohortError(f"dicom_order must be description or series-number, not {dicom_order!r}")
     if splits_from is not None and not os.path.isfile(splits_from):
         raise CohortError(f"splits table {splits_from} does not exist")
+    if shard is not None:
+        if merge_shards:
+            raise CohortError("give --shard or --merge-shards, not both")
+        k, n = shard
+        if not 0 <= k < n:
+            raise CohortError(f"shard {k}/{n}: need 0 <= K < N")
+    resume = resume or shard is not None or merge_shards
     cases = list_cases(images)
     make_folds({c: 0 for c in cases}, num_folds, seed)  # fail early on an impossible K
     _check_out(out, [images, labels, masks], resume)
@@ -757,34 +773,60 @@ def convert_cohort(
     orphans: Dict[str, List[str]] = {}  # warnings on table rows / files without images
     jobs = _make_jobs(images, out, cases, boxes_csv, labels, masks, settings, smap, orphans)
 
+    names = _run_file_names(shard)
     os.makedirs(os.path.join(out, _STATE_DIR), exist_ok=True)
-    lock = _lock_out(out)
-    stray = _remove_stray_temp_files(out)
-    os.makedirs(os.path.join(out, _TMP_DIR), exist_ok=True)
-    handler = _start_log(out)
+    lock = _lock_out(out, names["lock"])
+    # a shard never cleans up: other shards may be writing their temporary files right now
+    stray = _remove_stray_temp_files(out) if shard is None else 0
+    os.makedirs(os.path.join(out, names["tmp"]), exist_ok=True)
+    handler = _start_log(out, names["log"])
     if stray:
         logger.info("removed %d temporary file(s) left by an interrupted run", stray)
     pkg_logger, old_level = logging.getLogger("breast_d2"), logging.getLogger("breast_d2").level
     pkg_logger.addHandler(handler)
     pkg_logger.setLevel(min(old_level or logging.INFO, logging.INFO))
+    if shard is not None:
+        jobs = [job._replace(tmp_dir=names["tmp"]) for job in jobs[shard[0] :: shard[1]]]
     run = dict(folds=num_folds, seed=seed, splits_from=splits_from, workers=int(workers),
-               resume=resume, skip_bad=skip_bad_cases, orphans=orphans)  # fmt: skip
+               resume=resume, skip_bad=skip_bad_cases, orphans=orphans, shard=shard,
+               merge=merge_shards)  # fmt: skip
     try:
         return _convert(jobs, out, run, handler, t0)
     except CohortError as e:
-        # to convert.log only: the caller shows the error (once) on the console
+        # to the log file only: the caller shows the error (once) on the console
         handler.handle(logger.makeRecord(logger.name, logging.ERROR, __file__, 0,
                                          "conversion stopped: %s", (e,), None))  # fmt: skip
         raise
     finally:
-        shutil.rmtree(os.path.join(out, _TMP_DIR), ignore_errors=True)
+        shutil.rmtree(os.path.join(out, names["tmp"]), ignore_errors=True)
         pkg_logger.removeHandler(handler)
         pkg_logger.setLevel(old_level)
         handler.close()
-        _unlock_out(out, lock)
+        _unlock_out(out, lock, names["lock"])
 
 
-def _lock_out(out: str) -> int:
+def _run_file_names(shard: Optional[Tuple[int, int]]) -> Dict[str, str]:
+    """Lock, temporary folder and log of a run; each shard has its own, so shards never meet."""
+    if shard is None:
+        return {"lock": _LOCK_NAME, "tmp": _TMP_DIR, "log": _LOG_NAME}
+    tag = f"shard-{shard[0]}-of-{shard[1]}"
+    return {"lock": f"{_LOCK_NAME}.{tag}", "tmp": f"{_TMP_DIR}.{tag}", "log": f"convert.{tag}.log"}
+
+
+def _shard_summary_path(out: str, shard: Tuple[int, int]) -> str:
+    return os.path.join(out, _STATE_DIR, f"shard-{shard[0]}-of-{shard[1]}.json")
+
+
+def _skipped_by_shards(out: str) -> List[dict]:
+    """The bad cases the shards skipped (``--skip-bad-cases``), from their summary files."""
+    skipped = []
+    for path in sorted(glob.glob(os.path.join(out, _STATE_DIR, "shard-*-of-*.json"))):
+        with open(path, encoding="utf-8") as f:
+            skipped += json.load(f)["skipped"]
+    return skipped
+
+
+def _lock_out(out: str, name: str = _LOCK_NAME) -> int:
     """Hold ``OUT/.convert.lock`` (flock) so that no second converter writes the same folder.
 
     The lock goes with the process (and its workers): a killed converter never leaves it stale.
@@ -792,7 +834,7 @@ def _lock_out(out: str) -> int:
     Raises:
         CohortError: another converter holds it (names its process id).
     """
-    path = os.path.join(out, _LOCK_NAME)
+    path = os.path.join(out, name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -808,9 +850,9 @@ def _lock_out(out: str) -> int:
     return fd
 
 
-def _unlock_out(out: str, fd: int) -> None:
+def _unlock_out(out: str, fd: int, name: str = _LOCK_NAME) -> None:
     try:
-        os.remove(os.path.join(out, _LOCK_NAME))
+        os.remove(os.path.join(out, name))
     finally:
         os.close(fd)
 
@@ -826,12 +868,15 @@ def _remove_stray_temp_files(out: str) -> int:
 
 
 def _convert(jobs, out, run, handler, t0) -> dict:
-    logger.info("converting %d case(s) into %s (workers=%d, resume=%s)",
-                len(jobs), out, run["workers"], run["resume"])  # fmt: skip
-    for kind, messages in run["orphans"].items():  # a partial download is normal: warn, go on
-        for message in messages:
-            logger.warning(message)
-        logger.info("partial download: %d %s without images skipped", len(messages), kind)
+    mode = "merging shards" if run["merge"] else (
+        f"shard {run['shard'][0]}/{run['shard'][1]}" if run["shard"] else "converting")
+    logger.info("%s: %d case(s) in %s (workers=%d, resume=%s)",
+                mode, len(jobs), out, run["workers"], run["resume"])  # fmt: skip
+    if not run["shard"] or run["shard"][0] == 0:  # the same warnings in every shard: say them once
+        for kind, messages in run["orphans"].items():  # a partial download is normal: warn, go on
+            for message in messages:
+                logger.warning(message)
+            logger.info("partial download: %d %s without images skipped", len(messages), kind)
     done = {}
     if run["resume"]:
         for job in jobs:
@@ -840,20 +885,34 @@ def _convert(jobs, out, run, handler, t0) -> dict:
                 done[job.case_id] = record
         logger.info("resume: %d case(s) already finished", len(done))
     todo = [j for j in jobs if j.case_id not in done]
-    records, skipped = _run_jobs(todo, run["workers"], handler.baseFilename, run["skip_bad"])
-    for record in records:
-        done[record["case_id"]] = record
+    if run["merge"]:
+        skipped = [s for s in _skipped_by_shards(out) if s["case_id"] not in done]
+        missing = sorted({j.case_id for j in todo} - {s["case_id"] for s in skipped})
+        if missing:
+            raise CohortError(
+                f"cannot merge shards: {len(missing)} case(s) were converted by no shard "
+                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); run the missing "
+                "shard(s) with the same arguments first"
+            )
+        todo = []
+    else:
+        records, skipped = _run_jobs(todo, run["workers"], handler.baseFilename, run["skip_bad"])
+        for record in records:
+            done[record["case_id"]] = record
     records = [done[j.case_id] for j in jobs if j.case_id in done]
     if skipped:
         logger.warning("skipped %d bad case(s): %s", len(skipped),
                        "; ".join(f"{s['case_id']}: {s['reason']}" for s in skipped))  # fmt: skip
-    _refresh_csv_boxes(records, {j.case_id: j for j in jobs})
-    _write_outputs(out, records, run, skipped)
+    if run["shard"]:
+        write_json_atomic(_shard_summary_path(out, run["shard"]), {"skipped": skipped})
+    else:
+        _refresh_csv_boxes(records, {j.case_id: j for j in jobs})
+        _write_outputs(out, records, run, skipped)
     summary = {
         "out": out,
         "cases": len(records),
-        "converted": len(todo) - len(skipped),
-        "resumed": len(records) - len(todo) + len(skipped),
+        "converted": len(todo) - len(skipped) if not run["merge"] else 0,
+        "resumed": len(records) - len(todo) + len(skipped) if not run["merge"] else len(records),
         "bad_cases": [s["case_id"] for s in skipped],
         "slices": sum(r["shape"][2] for r in records),
         "lesions": sum(len(r["boxes"]) for r in records),
