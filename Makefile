@@ -9,7 +9,7 @@ export PYTHONUTF8 ?= 1
 
 env: $(ENV)
 
-$(ENV): scripts/setup_env.sh requirements/requirements.txt requirements/constraints.txt setup.py
+$(ENV): scripts/setup_env.sh requirements/requirements.txt requirements/test.txt requirements/constraints.txt setup.py
 	bash scripts/setup_env.sh
 
 # The main job on the synthetic cohort: phantom -> COCO -> U-Net++ -> masks -> detector -> FROC report.

@@ -6,8 +6,16 @@ mapper, :mod:`breast_d2.engine` and the attributes below do — registers the co
 folds ``breast_fold{K}_train/_val`` from ``$BREAST_D2_DATA`` (default ``datasets/phantom_coco``).
 """
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
+
+# A detectron2 plugin: say how to get detectron2 in one line (find_spec imports nothing).
+if importlib.util.find_spec("detectron2") is None:
+    raise ImportError(
+        "breast_d2 needs detectron2, which is not installed: run `make env` in the breast_d2 "
+        "checkout, or install detectron2 for your torch (https://detectron2.readthedocs.io)"
+    )
 
 _LAZY = {
     "add_breast_config": "breast_d2.config",

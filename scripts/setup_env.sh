@@ -43,7 +43,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 CPP
   FORCE_CUDA=0 MAX_JOBS=2 "${PIP[@]}" --no-build-isolation --no-deps "$SRC"
 fi
-"${PIP[@]}" -r requirements/requirements.txt
+"${PIP[@]}" -r requirements/requirements.txt -r requirements/test.txt
 "${PIP[@]}" --no-deps -e .
 "$VPY" -c "import detectron2, torch, segmentation_models_pytorch, SimpleITK, breast_d2" 
 echo "$REQ_HASH" > "$STAMP"
