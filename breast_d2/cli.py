@@ -1,9 +1,14 @@
-"""Shared helpers of the command-line tools: one-line errors, never a traceback or usage block."""
+"""Shared helpers of the command-line tools: one-line errors, never a traceback or usage block.
+
+Every tool follows one convention: an :class:`OneLineErrorParser`, ``main(argv) -> int`` (exit
+code), and :func:`setup_tool_logging` for its console output.
+"""
 import argparse
+import logging
 import sys
 from typing import NoReturn
 
-__all__ = ["OneLineErrorParser", "fail"]
+__all__ = ["OneLineErrorParser", "fail", "setup_tool_logging"]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -17,3 +22,25 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         fail(message)
+
+
+def setup_tool_logging(level: int = logging.INFO, name: str = "breast_d2") -> logging.Logger:
+    """Console logging of a tool, through detectron2's ``setup_logger``.
+
+    Args:
+        level: the console's level (e.g. ``logging.WARNING`` for tools whose per-case lines go
+            to a log file of their own).
+        name: logger to set up; its children (``breast_d2.data.convert``, ...) log through it.
+
+    Returns:
+        the logger.
+    """
+    from detectron2.utils.logger import setup_logger  # imports torch: only when a tool runs
+
+    logger = setup_logger(name=name, abbrev_name="bd2", color=False)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            handler.setLevel(level)
+    return logger

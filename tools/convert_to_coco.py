@@ -20,7 +20,7 @@ import argparse
 import logging
 import sys
 
-from breast_d2.cli import OneLineErrorParser
+from breast_d2.cli import OneLineErrorParser, setup_tool_logging
 from breast_d2.data.convert import convert_cohort
 from breast_d2.data.volumes import CohortError
 
@@ -111,10 +111,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     # Warnings to the console; per-case INFO lines go to OUT/convert.log only.
-    console = logging.StreamHandler()
-    console.setLevel(logging.WARNING)
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(console)
+    setup_tool_logging(logging.WARNING)
     try:
         summary = convert_cohort(
             images=args.images,

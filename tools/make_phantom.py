@@ -23,7 +23,7 @@ import time
 
 from tqdm import tqdm
 
-from breast_d2.cli import OneLineErrorParser
+from breast_d2.cli import OneLineErrorParser, setup_tool_logging
 from breast_d2.data.phantom import write_cohort
 from breast_d2.data.phantom_layouts import write_duke_layout, write_mama_mia_layout
 
@@ -81,9 +81,7 @@ def _generate(args, progress):
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    console = logging.StreamHandler()
-    console.setLevel(logging.WARNING)
-    logging.getLogger().addHandler(console)
+    setup_tool_logging(logging.WARNING)
     start = time.time()
     label = "phantom" if args.layout == "nifti" else f"phantom ({args.layout})"
     bars = []  # created on the first finished case, so a bad argument prints only the error
