@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 import SimpleITK as sitk
 
+from breast_d2.data.channels import compose_channels
 from breast_d2.data.convert import _PNG_COMPRESS_LEVEL, convert_cohort
 from breast_d2.data.duke import read_series_map
-from breast_d2.data.volumes import compose_channels
 
 STUDY = "01-01-1990-NA-MRI BREAST BILATERAL W  WO-97538"
 DYN = ["ax dyn pre", "ax dyn 1st pass", "ax dyn 2nd pass", "ax dyn 3rd pass", "ax dyn 4th pass"]

@@ -14,8 +14,9 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from .data.channels import compose_channels
 from .data.mapper import dilate_mask_mm
-from .data.volumes import CaseGeometry, compose_channels, read_phases_from_dir
+from .data.readers import CaseGeometry, read_phases_from_dir
 from .engine.checkpoint import BreastCheckpointer
 from .evaluation.candidates import merge_slice_detections
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from .data.converted import read_cases
-from .data.volumes import check_case_id
+from .data.errors import check_case_id
 from .utils import atomic_path, path_inside, write_atomic
 from .visualize import case_montage
 

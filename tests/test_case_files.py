@@ -6,7 +6,7 @@ import tempfile
 import pytest
 
 from breast_d2.data.case_files import CaseFiles, find_case_files, split_suffix
-from breast_d2.data.volumes import CohortError
+from breast_d2.data.errors import CohortError
 
 
 def _touch(root, *parts):

@@ -10,8 +10,11 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
+from breast_d2.data.boxes import box_to_duke_row
+from breast_d2.data.channels import compose_channels
 from breast_d2.data.convert import convert_cohort, make_folds
-from breast_d2.data.volumes import CohortError, box_to_duke_row, compose_channels, read_case_phases
+from breast_d2.data.errors import CohortError
+from breast_d2.data.readers import read_case_phases
 
 SHAPE = (8, 48, 48)  # Z, Y, X
 SPACING = (0.75, 0.75, 1.5)

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from breast_d2.data.convert import convert_cohort
-from breast_d2.data.volumes import CohortError
+from breast_d2.data.errors import CohortError
 from test_convert import make_cohort
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,9 +16,10 @@ import numpy as np
 import openpyxl
 import SimpleITK as sitk
 
+from breast_d2.data.boxes import read_box_rows
 from breast_d2.data.convert import convert_cohort
 from breast_d2.data.duke import classify_description, read_series_map
-from breast_d2.data.volumes import CohortError, read_box_rows
+from breast_d2.data.errors import CohortError
 
 Z, Y, X = 6, 16, 20
 SPACING = (0.7, 0.7, 2.0)
@@ -382,7 +383,7 @@ class TestBoxTables(unittest.TestCase):
             got = []
             for name in ("b.xlsx", "b.csv"):
                 write_table(os.path.join(d, name), BOX_HEADER, rows)
-                with self.assertLogs("breast_d2.data.volumes", "WARNING") as logs:
+                with self.assertLogs("breast_d2.data.boxes", "WARNING") as logs:
                     got.append(read_box_rows(os.path.join(d, name)))
                 self.assertIn("duplicate of line 2", logs.output[0])
         self.assertEqual([r.box for r in got[0]], [r.box for r in got[1]])

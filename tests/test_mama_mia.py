@@ -8,8 +8,9 @@ import unittest
 import numpy as np
 import SimpleITK as sitk
 
+from breast_d2.data.boxes import label_lesions, merge_close_lesions
 from breast_d2.data.convert import convert_cohort
-from breast_d2.data.volumes import CohortError, label_lesions, merge_close_lesions
+from breast_d2.data.errors import CohortError
 
 SHAPE = (6, 20, 24)  # Z, Y, X
 # case folder -> (file prefix as the download spells it, expert mask boxes [x0, y0, z0, x1, y1, z1])

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from breast_d2.data.errors import CohortError
 from breast_d2.data.masks import read_label_on_grid, read_mask_on_grid, same_grid, world_bounds
-from breast_d2.data.volumes import CaseGeometry, CohortError
+from breast_d2.data.readers import CaseGeometry
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # the images: 20 x 16 x 10 voxels (X, Y, Z) of 1 x 1 x 2 mm, origin (0, 0, 0)

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from breast_d2.data import phantom as ph
 from breast_d2.data import phantom_layouts as pl
-from breast_d2.data.volumes import DUKE_COLUMNS, box_to_duke_row
+from breast_d2.data.boxes import DUKE_COLUMNS, box_to_duke_row
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"matrix": 64, "slices": 16}  # the smallest grid the phantom accepts

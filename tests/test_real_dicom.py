@@ -4,7 +4,7 @@ pydicom (a test-only dependency) ships ``MR_small*.dcm``: one 64 x 64 MR slice w
 software in implicit and explicit VR little endian, explicit big endian, RLE, JPEG-LS lossless
 and JPEG 2000 lossless. Each test builds a 4-slice series from one of them (new UIDs, instance
 numbers and positions along the slice normal) and reads it through
-:func:`breast_d2.data.volumes.read_phases_from_dir`, so the reader sees files no one here wrote.
+:func:`breast_d2.data.readers.read_phases_from_dir`, so the reader sees files no one here wrote.
 """
 import os
 import tempfile
@@ -12,7 +12,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from breast_d2.data.volumes import CohortError, read_phases_from_dir
+from breast_d2.data.errors import CohortError
+from breast_d2.data.readers import read_phases_from_dir
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402

@@ -291,7 +291,7 @@ def test_crafted_case_id_does_not_escape_the_data_folder(tmp_path, capsys):
 
 
 def test_report_overlay_names_stay_in_the_output_folder(tmp_path):
-    from breast_d2.data.volumes import CohortError
+    from breast_d2.data.errors import CohortError
     from breast_d2.report import write_overlays
 
     data = tmp_path / "data"

@@ -13,7 +13,7 @@ import torch
 
 from breast_d2.data.convert import convert_cohort
 from breast_d2.data.phantom import write_cohort
-from breast_d2.data.volumes import CaseGeometry
+from breast_d2.data.readers import CaseGeometry
 from breast_d2.inference import box_to_physical, candidate_label_volume
 from breast_d2.pipeline import Parallel, Step, StepFailed, run_steps
 

@@ -1,4 +1,4 @@
-"""Tests for breast_d2.data.volumes: readers, validation, box conventions, channels."""
+"""Tests for breast_d2.data readers, boxes and channels (split from volumes.py, kept as a shim)."""
 import glob
 import os
 import tempfile
@@ -7,25 +7,25 @@ import unittest
 import numpy as np
 import SimpleITK as sitk
 
-from breast_d2.data.volumes import (
-    CaseGeometry,
-    CohortError,
+from breast_d2.data.boxes import (
     box_to_coco_bbox,
     box_to_duke_row,
-    check_case_id,
     coco_bbox_to_box,
-    compose_channels,
     duke_row_to_box,
     label_lesions,
     lesions_from_labels,
-    list_cases,
-    parse_channels,
     read_boxes_csv,
+    slice_boxes_from_boxes,
+    slice_boxes_from_components,
+)
+from breast_d2.data.channels import compose_channels, parse_channels
+from breast_d2.data.errors import CohortError, check_case_id
+from breast_d2.data.readers import (
+    CaseGeometry,
+    list_cases,
     read_case_phases,
     read_phases_from_dir,
     read_volume,
-    slice_boxes_from_boxes,
-    slice_boxes_from_components,
 )
 
 SHAPE = (8, 48, 48)  # Z, Y, X
@@ -324,6 +324,24 @@ class TestChannels(unittest.TestCase):
                 parse_channels(bad)
         with self.assertRaises(ValueError):
             compose_channels(np.zeros((2,) + SHAPE, np.float32), "2,1-0,0")
+
+
+class TestVolumesShim(unittest.TestCase):
+    """``breast_d2.data.volumes`` keeps its public names, as the very objects of the new homes."""
+
+    def test_every_old_name_is_the_new_object(self):
+        from breast_d2.data import boxes, channels, errors, readers, volumes
+
+        homes = {}
+        for module in (errors, readers, boxes, channels):
+            for name in module.__all__:
+                homes.setdefault(name, getattr(module, name))
+        self.assertEqual(len(volumes.__all__), 33)  # the names of the module before the split
+        for name in volumes.__all__:
+            self.assertIn(name, homes, f"{name} has no new home")
+            self.assertIs(getattr(volumes, name), homes[name], name)
+        for name in ("PathLike", "Box3D", "Box2D", "SliceBoxes", "NIFTI_SUFFIXES"):
+            self.assertTrue(hasattr(volumes, name), name)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 
 from breast_d2.cli import OneLineErrorParser, setup_tool_logging
 from breast_d2.data.convert import convert_cohort
-from breast_d2.data.volumes import CohortError
+from breast_d2.data.errors import CohortError
 
 
 def _non_negative_mm(text: str) -> float:

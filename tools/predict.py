@@ -22,7 +22,7 @@ import cv2
 import SimpleITK as sitk
 
 from breast_d2.cli import OneLineErrorParser, fail
-from breast_d2.data.volumes import CohortError
+from breast_d2.data.errors import CohortError
 from breast_d2.engine import (
     CheckpointError,
     ConfigError,

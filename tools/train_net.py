@@ -20,7 +20,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.engine.hooks import EvalHook, PeriodicCheckpointer
 
 from breast_d2.cli import fail
-from breast_d2.data.volumes import CohortError
+from breast_d2.data.errors import CohortError
 from breast_d2.engine import (
     BreastCheckpointer,
     CheckpointError,

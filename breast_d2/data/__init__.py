@@ -1,21 +1,24 @@
 """Cohort I/O, the synthetic phantom, conversion to COCO, dataset registration, the mapper.
 
-Submodules are imported on first use: ``phantom``, ``volumes`` and ``convert`` need only
-NumPy/SciPy/SimpleITK; ``datasets`` and ``mapper`` import detectron2 (and ``datasets``
-registers the cohort's folds when imported).
+Submodules are imported on first use: ``phantom``, ``readers``, ``boxes``, ``channels`` and
+``convert`` need only NumPy/SciPy/SimpleITK; ``datasets`` and ``mapper`` import detectron2 (and
+``datasets`` registers the cohort's folds when imported). ``volumes`` is kept only for old imports
+(it re-exports what moved to ``errors``, ``readers``, ``boxes`` and ``channels``).
 """
 import importlib
 
 _LAZY = {
-    # volumes.py: reading cases, box conventions
-    "CohortError": "volumes",
-    "CaseGeometry": "volumes",
-    "list_cases": "volumes",
-    "read_case_phases": "volumes",
-    "read_phases_from_dir": "volumes",
-    "read_boxes_csv": "volumes",
-    "lesions_from_labels": "volumes",
-    "compose_channels": "volumes",
+    # errors.py / readers.py: reading cases
+    "CohortError": "errors",
+    "CaseGeometry": "readers",
+    "list_cases": "readers",
+    "read_case_phases": "readers",
+    "read_phases_from_dir": "readers",
+    # boxes.py: box conventions, lesions of label volumes
+    "read_boxes_csv": "boxes",
+    "lesions_from_labels": "boxes",
+    # channels.py: phases -> 3 channels
+    "compose_channels": "channels",
     # convert.py
     "convert_cohort": "convert",
     "make_folds": "convert",

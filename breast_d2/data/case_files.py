@@ -23,7 +23,7 @@ import os
 import re
 from typing import Dict, List, NamedTuple, Optional, Pattern, Sequence, Tuple, Union
 
-from .volumes import CohortError
+from .errors import CohortError
 
 __all__ = [
     "CASE_FILE_SUFFIXES",

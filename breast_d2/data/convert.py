@@ -36,24 +36,18 @@ from .case_files import find_case_files
 from .duke import SeriesMap, find_collection_root, read_series_map
 from .masks import read_mask_on_grid
 from .tables import iter_table, row_label
-from .volumes import (
-    CaseGeometry,
-    CohortError,
-    PathLike,
+from .boxes import (
     box_on_slices,
     check_box_in_volume,
-    compose_channels,
-    find_phase_sources,
-    iter_source_images,
     label_lesions,
-    list_cases,
     merge_close_lesions,
-    parse_channels,
     read_box_rows,
-    read_volume,
     slice_boxes_from_boxes,
     slice_boxes_from_components,
 )
+from .channels import compose_channels, parse_channels
+from .errors import CohortError, PathLike
+from .readers import CaseGeometry, find_phase_sources, iter_source_images, list_cases, read_volume
 
 __all__ = [
     "convert_cohort",

@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any, Dict, List, Tuple
 
-from .volumes import CohortError, check_case_id
+from .errors import CohortError, check_case_id
 
 __all__ = ["read_json", "read_cases", "read_splits", "fold_case_ids"]
 

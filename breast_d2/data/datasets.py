@@ -14,7 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from .converted import read_cases, read_splits
-from .volumes import check_case_id
+from .errors import check_case_id
 
 __all__ = [
     "DEFAULT_DATA_ROOT",

@@ -28,7 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .volumes import CohortError, one_line, read_header
+from .errors import CohortError, one_line
+from .readers import read_header
 
 __all__ = [
     "DicomSlice",

@@ -47,8 +47,8 @@ from .dicom import (
     scan_case_series,
     sort_slices,
 )
+from .errors import CohortError, PathLike
 from .tables import iter_table, row_label
-from .volumes import CohortError, PathLike
 
 __all__ = [
     "ChosenPhase",

@@ -18,7 +18,8 @@ from typing import Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .volumes import CaseGeometry, CohortError, check_nifti_complete, one_line
+from .errors import CohortError, one_line
+from .readers import CaseGeometry, check_nifti_complete
 
 __all__ = ["same_grid", "world_bounds", "read_mask_on_grid", "read_label_on_grid"]
 

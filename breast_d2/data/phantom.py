@@ -44,7 +44,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .volumes import DUKE_COLUMNS
+from .boxes import DUKE_COLUMNS
 
 __all__ = [
     "GENERATOR_VERSION",

@@ -63,7 +63,7 @@ from .phantom import (
     make_case,
     run_case_jobs,
 )
-from .volumes import DUKE_COLUMNS, box_to_duke_row
+from .boxes import DUKE_COLUMNS, box_to_duke_row
 
 __all__ = [
     "DUKE_COLLECTION",

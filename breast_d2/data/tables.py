@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .volumes import CohortError, PathLike, one_line
+from .errors import CohortError, PathLike, one_line
 
 __all__ = ["TableRow", "iter_table", "table_kind", "row_label"]
 

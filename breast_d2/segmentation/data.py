@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.converted import fold_case_ids, read_cases, read_splits
-from ..data.volumes import check_case_id
+from ..data.errors import check_case_id
 from ..utils import path_inside
 
 __all__ = [

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data.converted import read_json
-from ..data.volumes import check_case_id
+from ..data.errors import check_case_id
 from ..utils import load_torch_file, path_inside, write_json_atomic
 from .data import (
     case_num_slices,
