@@ -273,7 +273,7 @@ def run_fold_jobs(chains: Mapping[int, Callable[[], Sequence[Step]]], job_dir: s
 
     Raises:
         FoldJobFailed: after every job ended, for the first failed fold: its job id, its log and
-            the job's error line (the failed step and command).
+            the job's error line (the failed step and command); the other failed folds by number.
     """
     executor = executor or make_executor(log_folder(job_dir), options)
     jobs = {}
@@ -301,8 +301,9 @@ def run_fold_jobs(chains: Mapping[int, Callable[[], Sequence[Step]]], job_dir: s
                 job.cancel(check=False)
         raise
     if failures:
-        more = f" (and {len(failures) - 1} more failed folds)" if len(failures) > 1 else ""
-        raise FoldJobFailed(sorted(failures)[0][1] + more)
+        failures.sort()
+        every = f"; failed folds: {', '.join(str(f) for f, _ in failures)}"
+        raise FoldJobFailed(failures[0][1] + (every if len(failures) > 1 else ""))
 
 
 def _check_job(fold: int, job: submitit.Job, cluster: str) -> List[tuple]:
