@@ -26,6 +26,7 @@ __all__ = [
     "Step",
     "Parallel",
     "StepFailed",
+    "is_step_done",
     "run_steps",
     "tool_command",
     "segmentation_dir",
@@ -46,10 +47,16 @@ class StepFailed(RuntimeError):
 
 @dataclass
 class Step:
-    """One resumable step: a title and the argv that performs it."""
+    """One resumable step: a title and the argv that performs it.
+
+    ``launch`` marks a detectron2 tool started through ``launch`` (tools/train_net.py): a cluster
+    launcher (:mod:`breast_d2.launchers`) adds ``--num-gpus/--num-machines/--machine-rank/
+    --dist-url`` after the script path and runs it on every node of the job.
+    """
 
     name: str
     command: List[str] = field(default_factory=list)
+    launch: bool = False
 
     @property
     def slug(self) -> str:
@@ -95,7 +102,7 @@ class _StepRunner:
         return f"[{self.index}/{self.total}] {step.name}"
 
     def is_done(self, step: Step) -> bool:
-        return os.path.exists(os.path.join(self.marks, step.slug + ".done"))
+        return is_step_done(self.job_dir, step)
 
     def start(self, step: Step, title: str, env: Optional[Dict[str, str]] = None,
               log_path: Optional[str] = None) -> subprocess.Popen:
@@ -125,7 +132,13 @@ class _StepRunner:
             logger.info(f"{title}: done already")
             return
         start = time.perf_counter()
-        returncode = self.start(step, title).wait()
+        proc = self.start(step, title)
+        try:
+            returncode = proc.wait()
+        finally:  # Ctrl-C, or a cluster job's preemption handler exiting: stop the step too
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
         self.finish(step, title, returncode, time.perf_counter() - start)
 
     def run_parallel(self, group: Parallel) -> None:
@@ -183,6 +196,11 @@ def _last_line(path: str, width: int = 140) -> str:
     return lines[-1][:width] if lines else ""
 
 
+def is_step_done(job_dir: str, step: Step) -> bool:
+    """Whether ``step`` has its done marker in ``job_dir/.steps`` (it exited 0 before)."""
+    return os.path.exists(os.path.join(job_dir, ".steps", step.slug + ".done"))
+
+
 def run_steps(steps: Sequence[Union[Step, Parallel]], job_dir: str) -> None:
     """Run the steps in order, skipping those already marked done in ``job_dir/.steps``.
 
@@ -237,10 +255,11 @@ def detection_steps(
     return [
         # The next step evaluates: no second evaluation at the end of training.
         Step(f"train {label} fold{fold}", tool_command("train_net", *base, "--resume", *common,
-                                                       "TEST.FINAL_EVAL", "False")),
+                                                       "TEST.FINAL_EVAL", "False"), launch=True),
         Step(
             f"evaluate {label} fold{fold}",
             tool_command("train_net", *base, "--eval-only", *common, "MODEL.WEIGHTS", weights),
+            launch=True,
         ),
     ]
 

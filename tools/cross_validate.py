@@ -11,11 +11,29 @@ Then tools/froc.py --folds writes the cross-fold report (per-fold curves, averag
 mean +- sd of sensitivity at 3.4 FP per case and CPM) next to the study's 0.874 @ 3.4.
 Rerunning skips finished steps and resumes an interrupted training. ``--lanes 2`` runs two folds
 side by side with one thread each (faster on a 2-core CPU; on one GPU keep the default 1).
+
+On a SLURM cluster, each fold's chain is one job (submitit), with the report after them:
+
+    python tools/cross_validate.py --config-file configs/frcnn_r101.yaml --data D \
+        --launcher slurm --partition gpu --gpus-per-fold 4 [--nodes 2] [--timeout 1440]
+
+This command waits for the fold jobs (keep it running, e.g. in tmux), then writes the report
+here. Fold logs: OUT/logs/slurm/<job id>_0_log.out. A preempted or timed-out job is requeued and
+skips its finished steps; rerunning the command submits only the folds that are not finished.
+``--launcher submitit-local`` runs the same jobs through submitit on this machine (for testing).
 """
 import argparse
+import functools
 import os
 
-from breast_d2.cli import OneLineErrorParser
+from breast_d2.cli import OneLineErrorParser, fail
+from breast_d2.launchers import (
+    ClusterOptions,
+    log_folder,
+    make_executor,
+    parse_slurm_args,
+    run_fold_jobs,
+)
 from breast_d2.pipeline import (
     Parallel,
     Step,
@@ -40,6 +58,20 @@ def fold_list(text: str):
     return folds
 
 
+def slurm_args(text: str):
+    """argparse type of ``--slurm-args``: sbatch long options (a bad one is a usage error)."""
+    try:
+        return parse_slurm_args(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+# Options of the cluster launchers, with their defaults (given with --launcher local: an error).
+CLUSTER_DEFAULTS = {"partition": None, "gpus_per_fold": 1, "nodes": 1, "timeout": 1440,
+                    "cpus_per_gpu": 8, "slurm_args": {}}
+LAUNCHERS = {"local": None, "slurm": "slurm", "submitit-local": "local"}
+
+
 def parse_args(argv=None):
     p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config-file", required=True, help="detector config")
@@ -53,53 +85,110 @@ def parse_args(argv=None):
                    help="extra tools/train_breast_seg.py arguments, e.g. '--epochs 50'")
     p.add_argument("--lanes", type=int, default=1,
                    help="folds run side by side, one CPU thread each (default 1: in order)")
+    p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local",
+                   help="local: the steps here (default); slurm: one job per fold (submitit); "
+                        "submitit-local: those jobs as processes here (for testing)")
+    p.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    p.add_argument("--gpus-per-fold", type=int, help="GPUs per node of a fold job (default 1)")
+    p.add_argument("--nodes", type=int, help="nodes per fold job (default 1)")
+    p.add_argument("--timeout", type=int, help="minutes per run of a fold job (default 1440; "
+                   "a job that reaches it is requeued and continues)")
+    p.add_argument("--cpus-per-gpu", type=int, help="CPU cores per GPU (default 8)")
+    p.add_argument("--slurm-args", type=slurm_args,
+                   help="more sbatch options, e.g. --slurm-args='--account=abc --qos=high'")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="detector config overrides KEY VALUE")
     args = p.parse_args(argv)
+    check_launcher_args(p, args)
     # Paths are the caller's: resolve them against the working directory the user typed them in.
     for name in ("config_file", "data", "out"):
         setattr(args, name, os.path.abspath(getattr(args, name)))
     return args
 
 
-def build_steps(args):
-    folds = args.folds
+def check_launcher_args(parser, args):
+    """Cluster options only with a cluster launcher; then fill in their defaults."""
+    given = [k for k in CLUSTER_DEFAULTS if getattr(args, k) is not None]
+    if args.launcher == "local":
+        if given:
+            parser.error(f"--{given[0].replace('_', '-')} needs --launcher slurm")
+        return
+    if args.lanes != 1:
+        parser.error("--lanes is for --launcher local (each fold is its own job)")
+    for name, default in CLUSTER_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    for name in ("gpus_per_fold", "nodes", "timeout", "cpus_per_gpu"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+def fold_steps(args, fold):
+    """Fold ``fold``'s chain: segmentation, fold-correct masks, detector training, evaluation."""
     det_dir = os.path.join(args.out, "detector")
     opts = list(args.opts)
     if args.masks == "none":
         opts += ["INPUT.BREAST_MASK.ENABLED", "False"]
     elif args.masks == "gt":
         opts += ["INPUT.BREAST_MASK.ENABLED", "True", "INPUT.BREAST_MASK.SOURCE", "gt"]
-    per_fold = []
-    for fold in folds:
-        steps = []
-        if args.masks == "model":
-            seg_dir = segmentation_dir(args.out, args.seg_arch, fold)
-            steps += segmentation_steps(args.data, fold, seg_dir, args.seg_arch,
-                                        args.seg_args.split())
-            steps.append(Step(
-                f"breast masks fold{fold}",
-                tool_command("predict_breast_masks", "--data", args.data, "--fold", fold,
-                             "--weights", os.path.join(seg_dir, "model_last.pth"), "--resume"),
-            ))
-        steps += detection_steps(args.config_file, args.data, fold, det_dir, opts)
-        per_fold.append(steps)
+    steps = []
+    if args.masks == "model":
+        seg_dir = segmentation_dir(args.out, args.seg_arch, fold)
+        steps += segmentation_steps(args.data, fold, seg_dir, args.seg_arch,
+                                    args.seg_args.split())
+        steps.append(Step(
+            f"breast masks fold{fold}",
+            tool_command("predict_breast_masks", "--data", args.data, "--fold", fold,
+                         "--weights", os.path.join(seg_dir, "model_last.pth"), "--resume"),
+        ))
+    return steps + detection_steps(args.config_file, args.data, fold, det_dir, opts)
+
+
+def report_step(args):
+    """tools/froc.py --folds: the cross-fold report of the fold evaluations."""
+    det_dir = os.path.join(args.out, "detector")
+    return Step(
+        "cross-fold FROC report",
+        tool_command("froc", "--folds", *[fold_froc_dir(det_dir, k) for k in args.folds],
+                     "--out", os.path.join(args.out, "report")),
+    )
+
+
+def build_steps(args):
+    """Every step of the local launcher: the folds (in lanes with --lanes), then the report."""
+    folds = args.folds
+    per_fold = [fold_steps(args, fold) for fold in folds]
     if args.lanes > 1 and len(folds) > 1:
         lanes = [[s for steps in per_fold[k::args.lanes] for s in steps]
                  for k in range(min(args.lanes, len(folds)))]
         steps = [Parallel(lanes, threads=1)]
     else:
-        steps = [s for fold_steps in per_fold for s in fold_steps]
-    steps.append(Step(
-        "cross-fold FROC report",
-        tool_command("froc", "--folds", *[fold_froc_dir(det_dir, k) for k in folds],
-                     "--out", os.path.join(args.out, "report")),
-    ))
-    return steps
+        steps = [s for chain in per_fold for s in chain]
+    return steps + [report_step(args)]
+
+
+def cluster_options(args):
+    return ClusterOptions(
+        cluster=LAUNCHERS[args.launcher], partition=args.partition,
+        gpus_per_fold=args.gpus_per_fold, nodes=args.nodes, timeout_min=args.timeout,
+        cpus_per_gpu=args.cpus_per_gpu, slurm_args=args.slurm_args,
+        poll_s=30.0 if args.launcher == "slurm" else 1.0,
+    )
 
 
 def main(args):
     os.makedirs(args.out, exist_ok=True)
-    run_steps(build_steps(args), args.out)
+    if args.launcher == "local":
+        run_steps(build_steps(args), args.out)
+    else:
+        # Fold jobs on the cluster; the report runs here once they all finished.
+        options = cluster_options(args)
+        try:
+            executor = make_executor(log_folder(args.out), options)
+        except ValueError as e:  # no sbatch here, or resources submitit refuses
+            fail(str(e))
+        chains = {fold: functools.partial(fold_steps, args, fold) for fold in args.folds}
+        run_fold_jobs(chains, args.out, options, executor)
+        run_steps([report_step(args)], args.out)
     print(f"cross-validation report: {os.path.join(args.out, 'report')}")
 
 
