@@ -266,7 +266,9 @@ def detection_steps(
 
 def run_job_cli(main: Callable[[], None]) -> None:
     """Entry point of a job tool: INFO logging; a failed step exits 1 with a one-line error."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from .cli import setup_tool_logging
+
+    setup_tool_logging(logging.INFO)
     try:
         main()
     except StepFailed as e:

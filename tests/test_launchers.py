@@ -188,7 +188,7 @@ def test_slurm_without_sbatch_is_a_one_line_error(tmp_path, monkeypatch, capsys)
     args = cv.parse_args(["--config-file", QUICK, "--data", "D", "--out", str(tmp_path / "o"),
                           "--launcher", "slurm"])
     with pytest.raises(SystemExit) as e:
-        cv.main(args)
+        cv.run(args)
     assert e.value.code == 2
     assert capsys.readouterr().err == ("error: --launcher slurm: sbatch is not on the PATH (run "
                                        "this on the cluster's login node)\n")
@@ -222,7 +222,7 @@ def test_submitit_fold_jobs_give_the_local_launchers_numbers(tiny_cohort, tmp_pa
                 "--out", outs[launcher], "--launcher", launcher]
         if launcher != "local":
             argv += ["--timeout", "20"]
-        cv.main(cv.parse_args(argv))
+        cv.run(cv.parse_args(argv))
     sub_logs = glob.glob(os.path.join(outs["submitit-local"], "logs", "slurm", "*_log.out"))
     assert len(sub_logs) == 2  # one job per fold, which trained and evaluated its fold
     for log in sub_logs:

@@ -151,15 +151,15 @@ def test_predict_errors(tmp_path, capsys):
     base = ["--config-file", QUICK, "--images", case, "--out", tmp_path / "pred"]
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"garbage")
-    line = _fails(predict.cli, base + ["--weights", weights, "SOLVER.NOPE", "1"], capsys)
+    line = _fails(predict.main, base + ["--weights", weights, "SOLVER.NOPE", "1"], capsys)
     assert "Non-existent key: SOLVER.NOPE" in line
-    line = _fails(predict.cli, base + ["--weights", weights, "INPUT.BREAST_MASK.ENABLED", "False"],
+    line = _fails(predict.main, base + ["--weights", weights, "INPUT.BREAST_MASK.ENABLED", "False"],
                   capsys)
     assert str(weights) in line and "not a loadable PyTorch checkpoint" in line
     blocker = tmp_path / "file"
     blocker.write_text("x")
     out = blocker / "out"  # cannot be created: its parent is a file
-    line = _fails(predict.cli, ["--config-file", QUICK, "--images", tmp_path / "no_such_case",
+    line = _fails(predict.main, ["--config-file", QUICK, "--images", tmp_path / "no_such_case",
                                 "--weights", weights, "--out", out], capsys)
     assert f"cannot write to output folder {out}" in line  # checked before reading the case
 

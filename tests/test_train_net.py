@@ -118,7 +118,7 @@ def test_predict_output_geometry_matches_input(trained):
                 "deep_supervision": False}, seg_weights)
     out = os.path.join(trained["tmp"], "pred")
     predict = _load_tool("predict")
-    predict.main(predict.parse_args([
+    predict.run(predict.parse_args([
         "--config-file", QUICK, "--weights", os.path.join(trained["out"], "fold0",
                                                           "model_final.pth"),
         "--seg-weights", seg_weights, "--images", case_dir, "--out", out]))
@@ -142,7 +142,7 @@ def test_predict_refuses_masked_model_without_segmentation(trained, capsys):
     args = predict.parse_args(["--config-file", QUICK, "--weights", weights, "--images",
                                case_dir, "--out", os.path.join(trained["tmp"], "p2")])
     with pytest.raises(ValueError, match="--seg-weights"):
-        predict.main(args)
+        predict.run(args)
 
 
 def test_box_to_physical_agrees_with_simpleitk():

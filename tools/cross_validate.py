@@ -25,6 +25,7 @@ skips its finished steps; rerunning the command submits only the folds that are 
 import argparse
 import functools
 import os
+import sys
 
 from breast_d2.cli import OneLineErrorParser, fail
 from breast_d2.launchers import (
@@ -175,7 +176,8 @@ def cluster_options(args):
     )
 
 
-def main(args):
+def run(args):
+    """Run (or resume) the cross-validation job described by ``args``."""
     os.makedirs(args.out, exist_ok=True)
     if args.launcher == "local":
         run_steps(build_steps(args), args.out)
@@ -192,5 +194,12 @@ def main(args):
     print(f"cross-validation report: {os.path.join(args.out, 'report')}")
 
 
+def main(argv=None) -> int:
+    """Command-line entry point: a failed step is one ``error: ...`` line and exit code 1."""
+    args = parse_args(argv)
+    run_job_cli(lambda: run(args))
+    return 0
+
+
 if __name__ == "__main__":
-    run_job_cli(lambda: main(parse_args()))
+    sys.exit(main())

@@ -16,7 +16,9 @@ Rerunning skips finished steps (markers in OUT/.steps); delete OUT to start over
 import argparse
 import json
 import os
+import sys
 
+from breast_d2.cli import OneLineErrorParser
 from breast_d2.pipeline import (
     REPO_ROOT,
     Parallel,
@@ -34,7 +36,7 @@ DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "frcnn_cpu_demo.yaml")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="output/demo", help="job folder")
     p.add_argument("--cases", type=int, default=20, help="phantom cases")
     p.add_argument("--matrix", type=int, default=160, help="in-plane matrix (FOV 320 mm)")
@@ -123,7 +125,8 @@ def step_times(out):
     return times
 
 
-def main(args):
+def run(args):
+    """Run (or resume) the demo job described by ``args``; write its report."""
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     run_steps(build_steps(args), out)
@@ -153,5 +156,12 @@ def main(args):
     print(f"report: {report}")
 
 
+def main(argv=None) -> int:
+    """Command-line entry point: a failed step is one ``error: ...`` line and exit code 1."""
+    args = parse_args(argv)
+    run_job_cli(lambda: run(args))
+    return 0
+
+
 if __name__ == "__main__":
-    run_job_cli(lambda: main(parse_args()))
+    sys.exit(main())

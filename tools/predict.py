@@ -15,13 +15,14 @@ series folder per phase) or the phase files in order (pre-contrast first). Write
   detections.json   the slice detections before merging
 """
 import argparse
+import logging
 import os
 import sys
 
 import cv2
 import SimpleITK as sitk
 
-from breast_d2.cli import OneLineErrorParser, fail
+from breast_d2.cli import OneLineErrorParser, fail, setup_tool_logging
 from breast_d2.data.errors import CohortError
 from breast_d2.engine import (
     CheckpointError,
@@ -50,7 +51,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(args):
+def run(args):
+    """Detect masses in one case (``args`` from :func:`parse_args`) and write the outputs."""
     cfg = load_breast_config(args.config_file, args.opts + ["MODEL.DEVICE", args.device])
     ensure_writable_dir(args.out)  # before the inference, not after
     src = args.images[0] if len(args.images) == 1 else args.images
@@ -79,11 +81,12 @@ def main(args):
     print(f"written to {args.out}")
 
 
-def cli(argv=None) -> int:
+def main(argv=None) -> int:
     """Command-line entry point: bad input is one ``error: ...`` line and exit code 2."""
     args = parse_args(argv)
+    setup_tool_logging(logging.WARNING)
     try:
-        main(args)
+        run(args)
     except (ConfigError, CheckpointError, CohortError, WeightsUnavailableError, OSError,
             ValueError) as e:
         fail(str(e))
@@ -91,4 +94,4 @@ def cli(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main())
