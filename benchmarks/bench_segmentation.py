@@ -47,7 +47,7 @@ def cross_validate(args):
     tools (two 1-thread lanes side by side), then tools/eval_breast_seg.py's study-style table."""
     import json
 
-    from breast_d2.pipeline import (
+    from breast_d2.jobs import (
         Parallel,
         Step,
         run_steps,

@@ -1,7 +1,7 @@
 """Step chains as submitit jobs: one cluster job per fold of a cross-validation.
 
 A fold's chain (segmentation -> fold-correct masks -> detector training -> ``--eval-only``) is the
-same list of :class:`~breast_d2.pipeline.Step` the local launcher runs, and it keeps the same done
+same list of :class:`~breast_d2.jobs.Step` the local launcher runs, and it keeps the same done
 markers (``<job>/.steps``), so a preempted, timed-out or resubmitted job skips what is finished and
 ``train_net.py --resume`` continues an interrupted training. :class:`FoldJob` is a
 ``submitit.helpers.Checkpointable``: on preemption or timeout submitit requeues the same chain.
@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import submitit
 from submitit.core.utils import FailedJobError
 
-from .pipeline import Step, StepFailed, is_step_done, run_steps
+from .jobs import Step, StepFailed, is_step_done, run_steps
 
 __all__ = [
     "CLUSTERS",
@@ -193,7 +193,7 @@ def run_node_steps(steps: Sequence[Step], job_dir: str, launch: Sequence[str], n
                    poll_s: float = 10.0) -> None:
     """Run one node's share of a fold chain.
 
-    Node 0 runs every step (markers as :func:`~breast_d2.pipeline.run_steps`); another node runs
+    Node 0 runs every step (markers as :func:`~breast_d2.jobs.run_steps`); another node runs
     only the ``launch`` steps (joining node 0's processes) and waits for node 0's markers of the
     others (the job folder is on a filesystem all nodes share, as SLURM clusters have).
 

@@ -29,7 +29,7 @@ from breast_d2.launchers import (
     run_node_steps,
     with_launch_args,
 )
-from breast_d2.pipeline import Step, is_step_done
+from breast_d2.jobs import Step, is_step_done
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")

@@ -183,7 +183,7 @@ def test_cross_validate_folds_and_relative_paths(tmp_path, monkeypatch, capsys):
 
 
 def test_job_steps_run_in_the_callers_directory(tmp_path, monkeypatch):
-    from breast_d2.pipeline import Step, run_steps
+    from breast_d2.jobs import Step, run_steps
 
     monkeypatch.chdir(tmp_path)
     code = "open('written_here', 'w').close()"

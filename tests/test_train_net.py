@@ -15,7 +15,7 @@ from breast_d2.data.convert import convert_cohort
 from breast_d2.data.phantom import write_cohort
 from breast_d2.data.readers import CaseGeometry
 from breast_d2.inference import box_to_physical, candidate_label_volume
-from breast_d2.pipeline import Parallel, Step, StepFailed, run_steps
+from breast_d2.jobs import Parallel, Step, StepFailed, run_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
@@ -267,7 +267,7 @@ def test_missing_fold_masks_are_a_clear_error(trained):
 
 
 def test_job_cli_turns_a_failed_step_into_one_line(capsys):
-    from breast_d2.pipeline import run_job_cli
+    from breast_d2.jobs import run_job_cli
 
     def failing_job():
         raise StepFailed("step 'x' failed (exit 3): cmd")

@@ -35,7 +35,7 @@ from breast_d2.launchers import (
     parse_slurm_args,
     run_fold_jobs,
 )
-from breast_d2.pipeline import (
+from breast_d2.jobs import (
     Parallel,
     Step,
     detection_steps,

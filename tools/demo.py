@@ -19,7 +19,7 @@ import os
 import sys
 
 from breast_d2.cli import OneLineErrorParser
-from breast_d2.pipeline import (
+from breast_d2.jobs import (
     REPO_ROOT,
     Parallel,
     Step,
