@@ -16,6 +16,10 @@ _LAZY = {
     "read_boxes_csv": "volumes",
     "lesions_from_labels": "volumes",
     "compose_channels": "volumes",
+    # converted.py: reading the converted folder's cases.json / splits.json
+    "read_cases": "converted",
+    "read_splits": "converted",
+    "read_fold": "converted",
     # convert.py
     "convert_cohort": "convert",
     "make_folds": "convert",
@@ -27,7 +31,6 @@ _LAZY = {
     "default_data_root": "datasets",
     "dataset_name": "datasets",
     "load_breast_json": "datasets",
-    "load_cases_by_id": "datasets",
     "register_breast_folds": "datasets",
     "BreastMaskDatasetMapper": "mapper",
 }
