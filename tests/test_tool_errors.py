@@ -213,6 +213,17 @@ def toy(tmp_path):
     return str(root)
 
 
+def test_segmentation_tools_refuse_a_folder_that_is_not_converted(tmp_path, capsys):
+    (tmp_path / "cases.json").write_text('{"cases": []}')
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    for tool, argv in (("train_breast_seg", ["--fold", 0, "--out", tmp_path / "o"]),
+                       ("predict_breast_masks", ["--fold", 0, "--weights", weights]),
+                       ("eval_breast_seg", ["--run", f"u={weights}", "--out", tmp_path / "e"])):
+        line = _main_fails(_tool(tool).main, ["--data", tmp_path, *argv], capsys)
+        assert f"{tmp_path} is not a converted folder" in line and "missing splits.json" in line
+
+
 def test_segmentation_tools_refuse_unwritable_out_garbage_weights_bad_splits(toy, tmp_path,
                                                                              capsys):
     blocker = tmp_path / "file"

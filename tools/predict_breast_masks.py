@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--weights", required=True, help="checkpoint from tools/train_breast_seg.py")
     p.add_argument("--source", choices=("model", "gt"), default="model",
                    help="masks of the TRAINING cases (validation cases always use the model)")
-    p.add_argument("--dilate-mm", type=float, default=0.0, help="in-plane dilation, all cases")
+    p.add_argument("--dilate-mm", type=float, default=0.0,
+                   help="grow every case's mask in-plane by a ball of this radius in mm")
     p.add_argument("--min-component-fraction", type=float, default=0.1,
                    help="keep 3D components >= this fraction of the largest")
     p.add_argument("--all-unseen", action="store_true",
