@@ -58,7 +58,7 @@ __all__ = [
     "case_id_for",
     "phase_times",
     "make_case",
-    "label_boxes",
+    "label_boxes",  # re-exported: its home is volumes.py (component and box helpers)
     "write_case",
     "write_cohort",
 ]
@@ -1036,7 +1036,7 @@ def _case_record(case: PhantomCase, case_index: int) -> Dict[str, object]:
 
 
 def _write_text(path: str, text: str, tmp_dir: Optional[str] = None) -> None:
-    """Write UTF-8 text with "\n" line ends atomically (the same bytes on every platform)."""
+    """Write UTF-8 text with Unix line ends atomically (the same bytes on every platform)."""
     write_atomic(path, lambda f: f.write(text.encode("utf-8")), mode="wb", tmp_dir=tmp_dir)
 
 
