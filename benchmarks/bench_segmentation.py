@@ -26,6 +26,7 @@ import time
 import numpy as np
 import torch
 
+from breast_d2.data.converted import read_splits
 from breast_d2.segmentation import ARCH_LABELS, BreastMaskPredictor, build_model
 
 
@@ -45,8 +46,6 @@ def throughput(arch, encoder, size, batch, repeats, device="cpu"):
 def cross_validate(args):
     """Resumable job in ``args.cv_out``: train U-Net and U-Net++ on every fold with the real
     tools (two 1-thread lanes side by side), then tools/eval_breast_seg.py's study-style table."""
-    import json
-
     from breast_d2.jobs import (
         Parallel,
         Step,
@@ -56,8 +55,7 @@ def cross_validate(args):
         tool_command,
     )
 
-    with open(os.path.join(args.cv_data, "splits.json")) as f:
-        folds = [int(e["fold"]) for e in json.load(f)["folds"]]
+    folds = [e["fold"] for e in read_splits(args.cv_data)["folds"]]
     folds = folds if args.folds is None else args.folds
     seg_args = ["--epochs", args.epochs, "--encoder", args.encoder, "--batch-size",
                 args.batch_size, "--lr", args.lr, "--label-every", args.label_every,

@@ -15,10 +15,10 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from .data.channels import compose_channels
-from .data.mapper import dilate_mask_mm
 from .data.readers import CaseGeometry, read_phases_from_dir
 from .engine.checkpoint import BreastCheckpointer
 from .evaluation.candidates import merge_slice_detections
+from .segmentation.postprocess import dilate_mm
 
 __all__ = ["CaseResult", "CaseDetector", "candidate_label_volume", "box_to_physical"]
 
@@ -130,7 +130,7 @@ class CaseDetector:
             mask = self.mask_predictor(slices_rgb).astype(bool)
             dilate = self.cfg.INPUT.BREAST_MASK.DILATE_MM
             if dilate > 0:
-                mask = np.stack([dilate_mask_mm(m, dilate, spacing[:2]) for m in mask]) > 0
+                mask = dilate_mm(mask, dilate, spacing[:2])
             images = slices_rgb * mask[..., None]
         detections = self.detect_slices(images, case_id, progress)
         froc = self.cfg.TEST.FROC

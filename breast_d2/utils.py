@@ -1,13 +1,16 @@
 """File-writing helpers shared by the library and the tools.
 
-Atomic writes (nothing is ever half-written), output paths that cannot escape their folder, an
-early check that an output folder is writable (before hours of work, not after), and the one
-``torch.load`` of user files (``weights_only=True``: loading never runs code from the file).
+Atomic writes, so that nothing is ever half-written: one helper for files (:func:`atomic_path`,
+with :func:`write_atomic` and :func:`write_json_atomic` on top) and one for folders
+(:func:`atomic_folder`). Output paths that cannot escape their folder, an early check that an
+output folder is writable (before hours of work, not after), and the one ``torch.load`` of user
+files (``weights_only=True``: loading never runs code from the file).
 """
 import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from typing import Any, Callable, Iterator, Optional
 
@@ -15,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "atomic_path",
+    "atomic_folder",
     "write_atomic",
     "write_json_atomic",
     "jsonable",
@@ -25,32 +29,105 @@ __all__ = [
 ]
 
 
+def _default_mode(path: str, folder: bool) -> None:
+    """Give ``path`` the mode ``open``/``mkdir`` would (``mkstemp``/``mkdtemp`` give 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it goes.
+def atomic_path(path: str, tmp_dir: Optional[str] = None) -> Iterator[str]:
+    """Yield a temporary path; on success it replaces ``path``, on error it is removed.
 
     The temporary name ends with ``path``'s own name, so writers that choose the format by
     extension (SimpleITK, OpenCV, matplotlib) work. The file gets the usual 0644-style mode
     (``mkstemp`` would leave 0600).
+
+    Args:
+        path: the file to write.
+        tmp_dir: folder for the temporary file (default: beside ``path``). It must be on the same
+            file system as ``path`` (the commit is one ``os.replace``); a writer that cleans its
+            own scratch folder passes it, so a killed run leaves nothing beside ``path``.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    if tmp_dir:
+        os.makedirs(tmp_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=tmp_dir or folder, prefix=".tmp-", suffix="-" + os.path.basename(path)
+    )
     os.close(fd)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        _default_mode(tmp, folder=False)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def write_atomic(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Call ``write(open_file)`` on a temporary file, then move it to ``path``."""
-    with atomic_path(path) as tmp:
+def _move_aside(path: str, where: str) -> Optional[str]:
+    """Move an existing folder ``path`` to ``<new temp folder in where>/x``; return that folder."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return None
+    old = tempfile.mkdtemp(dir=where, prefix=".old-", suffix="-" + os.path.basename(path))
+    try:
+        os.rename(path, os.path.join(old, "x"))
+    except BaseException:
+        os.rmdir(old)
+        raise
+    return old
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str, tmp_dir: Optional[str] = None) -> Iterator[str]:
+    """Yield a new empty temporary folder; on success it replaces the folder ``path``.
+
+    On error (any exception, also ``KeyboardInterrupt``) the temporary folder and everything in
+    it is removed and ``path`` is left as it was. An existing ``path`` folder is moved aside,
+    the new one renamed into place, then the old one deleted: readers see the old folder or the
+    new one, never a mix (``path`` is briefly absent between the two renames).
+
+    Args:
+        path: the folder to (re)write.
+        tmp_dir: where the temporary folder is made (default: beside ``path``, named
+            ``.tmp-*-<name>``); it must be on the same file system as ``path``.
+
+    Yields:
+        The temporary folder (mode 0755-style, as ``os.makedirs`` would make it).
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    where = tmp_dir or parent
+    os.makedirs(where, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=where, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    try:
+        yield tmp
+        _default_mode(tmp, folder=True)
+        old = _move_aside(path, where)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old is not None:  # put the old folder back
+                os.rename(os.path.join(old, "x"), path)
+                os.rmdir(old)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_atomic(
+    path: str, write: Callable[[Any], None], mode: str = "w", tmp_dir: Optional[str] = None
+) -> None:
+    """Call ``write(open_file)`` on a temporary file, then move it to ``path``.
+
+    ``mode`` is ``"w"`` (UTF-8 text) or ``"wb"``; ``tmp_dir`` as in :func:`atomic_path`.
+    """
+    with atomic_path(path, tmp_dir) as tmp:
         # text is always UTF-8 (tables hold "±"), whatever the locale of the machine
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)

@@ -14,7 +14,8 @@ from detectron2.structures import BoxMode
 
 from breast_d2.config import add_breast_config
 from breast_d2.data import BreastMaskDatasetMapper, load_breast_json, register_breast_folds
-from breast_d2.data.mapper import apply_mask, dilate_mask_mm
+from breast_d2.data.mapper import apply_mask
+from breast_d2.segmentation.postprocess import dilate_mm
 
 H, W = 48, 64
 BREAST = (slice(4, 30), slice(6, 40))  # rows, cols of the breast mask
@@ -150,12 +151,23 @@ def test_from_config_uses_fold_masks(cohort):
     assert BreastMaskDatasetMapper(cfg, True).mask_dir == os.path.join(cohort, "masks", "gt")
 
 
-def test_dilate_mask_mm_uses_spacing():
+def test_mapper_dilation_uses_spacing():
     mask = np.zeros((21, 21), np.uint8)
     mask[10, 10] = 1
-    grown = dilate_mask_mm(mask, 4.0, spacing_xy=(2.0, 1.0))  # 2 px in x, 4 px in y
+    grown = dilate_mm(mask, 4.0, spacing_xy=(2.0, 1.0))  # 2 px in x, 4 px in y
     assert grown[10, 8] and not grown[10, 7]
     assert grown[6, 10] and not grown[5, 10]
+
+
+def test_mapper_dilates_with_the_case_spacing(cohort):
+    d = DatasetCatalog.get("maptest_fold0_train")[1]
+    mapper = _mapper(cohort, [], dilate_mm=2.0, spacing_by_case={"CASE_A": (2.0, 1.0)})
+    mask = mapper(d)["breast_mask"].numpy()
+    # 2 mm = 1 column (2 mm) or 2 rows (1 mm); a diagonal step is sqrt(2^2 + 1^2) > 2 mm
+    want = np.zeros((H, W), bool)
+    want[BREAST[0].start - 2 : BREAST[0].stop + 2, BREAST[1]] = True
+    want[BREAST[0], BREAST[1].start - 1 : BREAST[1].stop + 1] = True
+    assert (mask.astype(bool) == want).all()
 
 
 def test_load_breast_json_missing_file(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from breast_d2.data.converted import read_fold
 from breast_d2.segmentation import (
     BreastMaskPredictor,
     FoldLeakError,
@@ -17,7 +18,6 @@ from breast_d2.segmentation import (
     fill_holes,
     keep_large_components,
     load_checkpoint,
-    load_fold,
     verify_fold_masks,
     write_fold_masks,
 )
@@ -44,7 +44,7 @@ def toy():
     with tempfile.TemporaryDirectory() as d:
         make_toy_converted(d, num_cases=4, num_slices=4, height=48, width=64)
         for k in (0, 1):
-            _save_ckpt(os.path.join(d, f"fold{k}.pth"), k, load_fold(d, k)[0])
+            _save_ckpt(os.path.join(d, f"fold{k}.pth"), k, read_fold(d, k)[0])
         yield d
 
 
@@ -107,7 +107,7 @@ def test_predictor_shapes_and_formats(toy):
 # ---- fold-correct masks ----------------------------------------------------------------------
 def test_fold_masks_are_fold_correct(toy):
     manifest = write_fold_masks(toy, 0, os.path.join(toy, "fold0.pth"), progress=False)
-    train_ids, val_ids = load_fold(toy, 0)
+    train_ids, val_ids = read_fold(toy, 0)
     assert set(manifest["cases"]) == set(train_ids) | set(val_ids)
     # the check that matters: no validation mask from a model that trained on that case,
     # read from the checkpoint named in the manifest (its recorded train_cases)
@@ -124,7 +124,7 @@ def test_fold_masks_are_fold_correct(toy):
 
 
 def test_leaking_checkpoint_is_refused(toy, capsys):
-    train_ids, val_ids = load_fold(toy, 0)
+    train_ids, val_ids = read_fold(toy, 0)
     leak = _save_ckpt(os.path.join(toy, "leak.pth"), 0, train_ids + val_ids[:1])
     with pytest.raises(FoldLeakError, match=val_ids[0]):
         write_fold_masks(toy, 0, leak, progress=False)
@@ -141,7 +141,7 @@ def test_verify_detects_a_tampered_manifest(toy):
     path = os.path.join(toy, "masks", "fold1", "manifest.json")
     with open(path) as f:
         manifest = json.load(f)
-    _, val_ids = load_fold(toy, 1)
+    _, val_ids = read_fold(toy, 1)
     manifest["weights"] = os.path.join(toy, "fold0.pth")  # a model that trained on fold 1's val
     manifest["weights_sha256"] = __import__("hashlib").sha256(open(manifest["weights"], "rb").read()).hexdigest()
     with open(path, "w") as f:
@@ -155,7 +155,7 @@ def test_gt_source_resume_and_dilation(toy, capsys):
     code, _ = _run_tool("predict_breast_masks", ["--data", toy, "--fold", "0", "--weights", weights,
                                                  "--source", "gt"], capsys)
     assert code == 0
-    train_ids, val_ids = load_fold(toy, 0)
+    train_ids, val_ids = read_fold(toy, 0)
     fold_dir = os.path.join(toy, "masks", "fold0")
     with open(os.path.join(fold_dir, "manifest.json")) as f:
         manifest = json.load(f)
@@ -184,7 +184,7 @@ def test_eval_tool(toy, capsys):
     assert lines[0] == "run,arch,fold,case_id,dsc,jaccard,ss" and len(lines) == 1 + 2 * 4
     assert len(open(os.path.join(out, "seg_per_fold.csv")).read().splitlines()) == 1 + 2 * 2
     leak = os.path.join(toy, "leak.pth")
-    _save_ckpt(leak, 0, [c for f in (0, 1) for c in load_fold(toy, f)[1]])
+    _save_ckpt(leak, 0, [c for f in (0, 1) for c in read_fold(toy, f)[1]])
     code, res = _run_tool("eval_breast_seg", ["--data", toy, "--run", f"unet={leak}", "--folds", "0",
                                               "--out", out], capsys)
     assert code == 2 and res.err.startswith("error: run unet fold 0")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from breast_d2.data.converted import read_cases, read_fold
 from breast_d2.segmentation import (
     BreastSliceDataset,
     SegTrainConfig,
@@ -17,11 +18,10 @@ from breast_d2.segmentation import (
     labelled_slices,
     letterbox,
     load_checkpoint,
-    load_fold,
     train_segmentation,
     unletterbox,
 )
-from breast_d2.segmentation.data import has_gt_mask, load_cases, split_by_gt_mask
+from breast_d2.segmentation.data import has_gt_mask, split_by_gt_mask
 from breast_d2.segmentation.toy import make_toy_converted
 
 torch.set_num_threads(2)
@@ -64,7 +64,7 @@ def test_letterbox_roundtrip():
 
 
 def test_dataset_uses_one_slice_in_n_and_flips(toy):
-    train_ids, _ = load_fold(toy, 0)
+    train_ids, _ = read_fold(toy, 0)
     ds = BreastSliceDataset(toy, train_ids, label_every=4, input_size=32, flip=False)
     assert ds.items == [(c, z) for c in train_ids for z in (2, 6)]
     image, target = ds[0]
@@ -77,7 +77,7 @@ def test_dataset_uses_one_slice_in_n_and_flips(toy):
 
 
 def test_training_improves_dsc_and_checkpoint_format(toy):
-    train_ids, val_ids = load_fold(toy, 0)
+    train_ids, val_ids = read_fold(toy, 0)
     torch.manual_seed(0)
     untrained = build_model("unetplusplus", "resnet18", **TINY)
     before = np.mean([m["dsc"] for m in evaluate_cases(untrained, toy, val_ids, 32).values()])
@@ -151,7 +151,7 @@ def test_split_by_gt_mask_uses_cases_json_then_the_folder(tmp_path):
     ids = [f"TOY{i:04d}" for i in range(6)]
     with_mask, without = split_by_gt_mask(root, ids)
     assert without == ["TOY0002", "TOY0003"] and with_mask == [c for c in ids if c not in without]
-    cases = load_cases(root)
+    cases = read_cases(root)
     assert has_gt_mask(root, "TOY0000", {"case_id": "TOY0000"})  # no key: the folder decides
     assert not has_gt_mask(root, "TOY0002", {"case_id": "TOY0002"})
     with pytest.raises(FileNotFoundError, match="TOY0003"):  # cases.json and disk disagree
@@ -168,7 +168,7 @@ def test_training_uses_only_masked_cases(tmp_path, caplog):
                for r in caplog.records)
     ckpt = load_checkpoint(os.path.join(out, "model_last.pth"))
     assert ckpt["train_cases"] == ["TOY0001"]  # the masked training cases only
-    assert ckpt["val_cases"] == load_fold(root, 0)[1]  # every validation case of the fold
+    assert ckpt["val_cases"] == read_fold(root, 0)[1]  # every validation case of the fold
     assert np.isfinite(result["last_dsc"])  # validated on TOY0000 and TOY0004
 
 

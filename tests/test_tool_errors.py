@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from breast_d2.segmentation import build_model, load_fold
+from breast_d2.data.converted import read_fold
+from breast_d2.segmentation import build_model
 from breast_d2.segmentation.toy import make_toy_converted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,6 +213,17 @@ def toy(tmp_path):
     return str(root)
 
 
+def test_segmentation_tools_refuse_a_folder_that_is_not_converted(tmp_path, capsys):
+    (tmp_path / "cases.json").write_text('{"cases": []}')
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    for tool, argv in (("train_breast_seg", ["--fold", 0, "--out", tmp_path / "o"]),
+                       ("predict_breast_masks", ["--fold", 0, "--weights", weights]),
+                       ("eval_breast_seg", ["--run", f"u={weights}", "--out", tmp_path / "e"])):
+        line = _main_fails(_tool(tool).main, ["--data", tmp_path, *argv], capsys)
+        assert f"{tmp_path} is not a converted folder" in line and "missing splits.json" in line
+
+
 def test_segmentation_tools_refuse_unwritable_out_garbage_weights_bad_splits(toy, tmp_path,
                                                                              capsys):
     blocker = tmp_path / "file"
@@ -247,7 +259,7 @@ def test_segmentation_tools_refuse_unwritable_out_garbage_weights_bad_splits(toy
 
 def test_predict_breast_masks_missing_slice_is_an_error(toy, tmp_path, capsys):
     masks = _tool("predict_breast_masks").main
-    train_ids, val_ids = load_fold(toy, 0)
+    train_ids, val_ids = read_fold(toy, 0)
     weights = _save_ckpt(tmp_path / "m.pth", train_ids)
     victim = val_ids[0]
     os.remove(os.path.join(toy, "slices", victim, "0002.png"))
@@ -264,7 +276,7 @@ def test_crafted_case_id_does_not_escape_the_data_folder(tmp_path, capsys):
     """A splits.json / cases.json case id "../evil" must not make the tool write outside."""
     data = tmp_path / "inner" / "data"
     make_toy_converted(str(data), num_cases=4, num_slices=4, height=32, width=32)
-    train_ids, val_ids = load_fold(str(data), 0)
+    train_ids, val_ids = read_fold(str(data), 0)
     weights = _save_ckpt(tmp_path / "m.pth", train_ids)
     evil = "../../../evil"
     # Read from data/slices/<id> = tmp_path/evil; the old code wrote data/masks/fold0/<id> =

@@ -12,7 +12,11 @@ from breast_d2.data.boxes import (
     box_to_duke_row,
     coco_bbox_to_box,
     duke_row_to_box,
+    keep_large_components,
+    label_boxes,
+    label_components,
     label_lesions,
+    largest_component,
     lesions_from_labels,
     read_boxes_csv,
     slice_boxes_from_boxes,
@@ -289,6 +293,27 @@ class TestLesions(unittest.TestCase):
         per_slice = slice_boxes_from_components(comps, boxes)
         self.assertEqual(per_slice[2], [(0, [14, 14, 16, 16])])
         self.assertEqual(per_slice[3], [(0, [10, 10, 20, 20])])
+
+    def test_component_helpers(self):
+        mask = np.zeros((5, 6), bool)
+        mask[0, 0:2] = mask[1, 2] = True  # touches the first piece at a corner only
+        mask[3:5, 3:6] = True  # 6 pixels
+        mask[4, 0] = True
+        self.assertEqual(label_components(mask)[1], 4)  # faces only
+        labels, n = label_components(mask, full_connectivity=True)
+        self.assertEqual((n, labels.dtype), (3, np.int32))
+        self.assertEqual(labels[1, 2], labels[0, 0])  # the corner joins them
+        np.testing.assert_array_equal(largest_component(mask), labels == labels[3, 3])
+        self.assertEqual(int(keep_large_components(mask, 0.3).sum()), 6 + 2)  # 6 and 2 >= 1.8
+        tie = np.zeros((1, 5), bool)
+        tie[0, [0, 1, 3, 4]] = True
+        self.assertEqual(largest_component(tie).tolist(), [[True, True, False, False, False]])
+        self.assertEqual(int(keep_large_components(tie, 1.0).sum()), 4)  # keeps ties
+        self.assertFalse(largest_component(np.zeros((2, 2), bool)).any())
+        volume = np.zeros((3, 4, 5), np.int32)
+        volume[1:3, 0:2, 4] = 1
+        volume[0, 3, 1:3] = 3  # value 2 does not occur
+        self.assertEqual(label_boxes(volume), {1: (4, 0, 1, 5, 2, 3), 3: (1, 3, 0, 3, 4, 1)})
 
     def test_read_volume_size_check(self):
         with tempfile.TemporaryDirectory() as d:

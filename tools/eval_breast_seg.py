@@ -30,18 +30,21 @@ from breast_d2.segmentation import (
     FoldLeakError,
     check_no_fold_leak,
     load_checkpoint,
-    load_fold,
     markdown_report,
     overlap_metrics,
     per_fold_rows,
     write_csv,
 )
-from breast_d2.data.converted import read_splits
+from breast_d2.data.converted import (
+    check_converted_folder,
+    fold_case_ids,
+    read_cases,
+    read_splits,
+)
 from breast_d2.segmentation.data import (
     case_num_slices,
     load_case_gt,
     load_case_images,
-    load_cases,
     split_by_gt_mask,
 )
 from breast_d2.utils import ensure_writable_dir, write_atomic
@@ -78,8 +81,10 @@ def resolve_checkpoint(path: str, fold: int, which: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not all(os.path.isfile(os.path.join(args.data, f)) for f in ("cases.json", "splits.json")):
-        fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
+    try:
+        check_converted_folder(args.data)
+    except ValueError as e:  # CohortError
+        fail(str(e))
     runs = []
     for spec in args.run:
         name, sep, path = spec.partition("=")
@@ -87,7 +92,8 @@ def main(argv=None) -> int:
             fail(f"--run must be NAME=PATH, got {spec!r}")
         runs.append((name, path))
     try:
-        splits = read_splits(args.data)
+        splits_json = os.path.join(args.data, "splits.json")
+        splits = read_splits(splits_json)
         ensure_writable_dir(args.out)
     except (ValueError, OSError) as e:  # CohortError: malformed splits.json
         fail(str(e))
@@ -96,7 +102,7 @@ def main(argv=None) -> int:
     for name, path in runs:
         for fold in folds:
             try:
-                _, val_ids = load_fold(args.data, fold)
+                _, val_ids = fold_case_ids(splits, fold, splits_json)
             except ValueError as e:
                 fail(str(e))
             ckpt_path = resolve_checkpoint(path, fold, args.checkpoint)
@@ -112,11 +118,12 @@ def main(argv=None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
-    cases = load_cases(args.data)
+    cases = read_cases(args.data)
     masked = {}
     for fold in folds:
+        _, val_ids = fold_case_ids(splits, fold, splits_json)  # checked above
         try:
-            masked[fold] = split_by_gt_mask(args.data, load_fold(args.data, fold)[1])[0]
+            masked[fold] = split_by_gt_mask(args.data, val_ids)[0]
         except FileNotFoundError as e:
             fail(str(e))
         if not masked[fold]:

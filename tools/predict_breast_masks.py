@@ -24,7 +24,8 @@ import sys
 import torch
 
 from breast_d2.cli import OneLineErrorParser, fail
-from breast_d2.segmentation import FoldLeakError, load_fold, write_fold_masks
+from breast_d2.data.converted import check_converted_folder, read_fold
+from breast_d2.segmentation import FoldLeakError, write_fold_masks
 from breast_d2.utils import ensure_writable_dir
 
 
@@ -36,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--weights", required=True, help="checkpoint from tools/train_breast_seg.py")
     p.add_argument("--source", choices=("model", "gt"), default="model",
                    help="masks of the TRAINING cases (validation cases always use the model)")
-    p.add_argument("--dilate-mm", type=float, default=0.0, help="in-plane dilation, all cases")
+    p.add_argument("--dilate-mm", type=float, default=0.0,
+                   help="grow every case's mask in-plane by a ball of this radius in mm")
     p.add_argument("--min-component-fraction", type=float, default=0.1,
                    help="keep 3D components >= this fraction of the largest")
     p.add_argument("--all-unseen", action="store_true",
@@ -50,14 +52,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not all(os.path.isfile(os.path.join(args.data, f)) for f in ("cases.json", "splits.json")):
-        fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
+    try:
+        check_converted_folder(args.data)
+    except ValueError as e:  # CohortError
+        fail(str(e))
     if not os.path.isfile(args.weights):
         fail(f"no checkpoint {args.weights}")
     if args.dilate_mm < 0 or args.batch_size < 1:
         fail("--dilate-mm must be >= 0 and --batch-size >= 1")
     try:
-        load_fold(args.data, args.fold)
+        read_fold(args.data, args.fold)
         ensure_writable_dir(os.path.join(args.data, "masks", f"fold{args.fold}"), "mask folder")
     except (ValueError, OSError) as e:  # CohortError (malformed splits.json) is a ValueError
         fail(str(e))

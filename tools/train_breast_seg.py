@@ -14,7 +14,8 @@ import sys
 import torch
 
 from breast_d2.cli import OneLineErrorParser, fail
-from breast_d2.segmentation import ARCHS, SegTrainConfig, load_fold, train_segmentation
+from breast_d2.data.converted import check_converted_folder, read_fold
+from breast_d2.segmentation import ARCHS, SegTrainConfig, train_segmentation
 from breast_d2.utils import ensure_writable_dir, jsonable
 
 EPILOG = """\
@@ -70,11 +71,9 @@ def main(argv=None) -> int:
             fail(f"--{name.replace('_', '-')} must be >= 1")
     if args.input_size < 0 or args.input_size % 32:
         fail(f"--input-size must be 0 or a multiple of 32, got {args.input_size}")
-    if not all(os.path.isfile(os.path.join(args.data, f)) for f in ("cases.json", "splits.json")):
-        fail(f"{args.data} is not a converted folder (needs cases.json and splits.json)")
     try:
-        load_fold(args.data, args.fold)
-    except ValueError as e:
+        read_fold(check_converted_folder(args.data), args.fold)
+    except ValueError as e:  # CohortError: not a converted folder, bad splits.json, no such fold
         fail(str(e))
     model_kwargs = {}
     if args.encoder_depth != 5:

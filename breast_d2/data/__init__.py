@@ -19,6 +19,10 @@ _LAZY = {
     "lesions_from_labels": "boxes",
     # channels.py: phases -> 3 channels
     "compose_channels": "channels",
+    # converted.py: reading the converted folder's cases.json / splits.json
+    "read_cases": "converted",
+    "read_splits": "converted",
+    "read_fold": "converted",
     # convert.py
     "convert_cohort": "convert",
     "make_folds": "convert",
@@ -30,7 +34,6 @@ _LAZY = {
     "default_data_root": "datasets",
     "dataset_name": "datasets",
     "load_breast_json": "datasets",
-    "load_cases_by_id": "datasets",
     "register_breast_folds": "datasets",
     "BreastMaskDatasetMapper": "mapper",
 }

@@ -37,6 +37,10 @@ __all__ = [
     "check_box_in_volume",
     "box_on_slices",
     "merge_close_lesions",
+    "label_components",
+    "largest_component",
+    "keep_large_components",
+    "label_boxes",
     "label_lesions",
     "lesions_from_labels",
     "slice_boxes_from_boxes",
@@ -220,6 +224,69 @@ def box_on_slices(
 # ----------------------------------------------------------------------------- lesions
 
 
+def label_components(mask: np.ndarray, full_connectivity: bool = False) -> Tuple[np.ndarray, int]:
+    """Connected components of the non-zero elements of a 2D or 3D array.
+
+    Args:
+        mask: ``[Y, X]`` or ``[Z, Y, X]``, non-zero = foreground.
+        full_connectivity: False: elements touching by a face are neighbours (4 in 2D, 6 in 3D);
+            True: also by an edge or a corner (8 in 2D, 26 in 3D).
+
+    Returns:
+        ``(labels, n)``: int32 array of ``mask``'s shape, 0 = background and 1..n the components
+        numbered by their first element in raster order.
+    """
+    mask = np.asarray(mask) != 0
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim if full_connectivity else 1)
+    labels, n = ndimage.label(mask, structure=structure)
+    return labels.astype(np.int32, copy=False), int(n)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Bool mask of the largest face-connected component (the first in raster order on a tie)."""
+    labels, n = label_components(mask)
+    if n <= 1:
+        return labels > 0
+    return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+
+
+def keep_large_components(mask: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
+    """Keep the largest connected component and every component at least ``min_fraction`` of it.
+
+    The two breasts may be separate components, hence a fraction rather than only the largest.
+
+    Args:
+        mask: bool ``[Y, X]`` or ``[Z, Y, X]``; face connectivity.
+        min_fraction: in [0, 1]; 1.0 keeps only the largest component (and ties), 0 keeps all.
+
+    Returns:
+        bool array of the same shape.
+    """
+    labels, n = label_components(mask)
+    if n <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
+    return np.isin(labels, keep)
+
+
+def label_boxes(labels: np.ndarray) -> Dict[int, Tuple[int, int, int, int, int, int]]:
+    """3D boxes of every label value.
+
+    Args:
+        labels: ``[Z, Y, X]`` integer label volume, 0 background.
+
+    Returns:
+        ``{value: (x0, y0, z0, x1, y1, z1)}``, half-open voxel indices of each value's extent,
+        in increasing value order (values that do not occur are left out).
+    """
+    boxes = {}
+    for i, sl in enumerate(ndimage.find_objects(labels.astype(np.int32, copy=False)), start=1):
+        if sl is not None:
+            boxes[i] = (sl[2].start, sl[1].start, sl[0].start, sl[2].stop, sl[1].stop, sl[0].stop)
+    return boxes
+
+
 def label_lesions(label_zyx: np.ndarray) -> Tuple[np.ndarray, List[Box3D]]:
     """Split a label volume into lesions: 3D connected components of its non-zero voxels.
 
@@ -234,13 +301,8 @@ def label_lesions(label_zyx: np.ndarray) -> Tuple[np.ndarray, List[Box3D]]:
         ``boxes[i]`` is lesion i's half-open ``[x0, y0, z0, x1, y1, z1]``, ordered by first voxel
         in raster (z, y, x) order.
     """
-    structure = np.ones((3, 3, 3), dtype=bool)
-    components, _ = ndimage.label(np.asarray(label_zyx) != 0, structure=structure)
-    boxes = []
-    for sl in ndimage.find_objects(components):
-        zs, ys, xs = sl
-        boxes.append([xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop])
-    return components.astype(np.int32, copy=False), boxes
+    components, _ = label_components(label_zyx, full_connectivity=True)
+    return components, [list(box) for box in label_boxes(components).values()]
 
 
 def merge_close_lesions(
@@ -299,11 +361,7 @@ def merge_close_lesions(
     lut = np.zeros(n + 1, np.int32)
     lut[order] = np.arange(1, len(order) + 1)
     merged = lut[merged]
-    out_boxes = []
-    for sl in ndimage.find_objects(merged):
-        zs, ys, xs = sl
-        out_boxes.append([xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop])
-    return merged, out_boxes
+    return merged, [list(box) for box in label_boxes(merged).values()]
 
 
 def lesions_from_labels(label_zyx: np.ndarray) -> List[Box3D]:

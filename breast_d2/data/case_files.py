@@ -161,7 +161,7 @@ def find_case_files(
 
     Args:
         folder: the folder given as ``--labels`` / ``--masks``.
-        case_ids: case ids of the images (e.g. :func:`breast_d2.data.volumes.list_cases`).
+        case_ids: case ids of the images (e.g. :func:`breast_d2.data.readers.list_cases`).
         kind: ``"mask"`` / ``"label volume"``; names the files in messages and picks the default
             ``patterns`` (:data:`MASK_PATTERNS` when it contains "mask", else
             :data:`CASE_PATTERNS`).

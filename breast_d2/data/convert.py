@@ -10,28 +10,26 @@ Safety: inputs are validated before ``OUT`` is created; nothing is ever written 
 tree; each case is written into a temporary folder inside ``OUT/.tmp`` and renamed into place, and
 its small record (``OUT/.convert_state/<case_id>.json``, used by ``resume``) is renamed last, so a
 case is either finished or absent; JSON files are written to a temporary file and ``os.replace``-d.
-A failing case stops the conversion with a :class:`~breast_d2.data.volumes.CohortError` naming it.
+A failing case stops the conversion with a :class:`~breast_d2.data.errors.CohortError` naming it.
 """
+import contextlib
 import fcntl
 import glob
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
-import tempfile
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
-from ..utils import write_json_atomic
+from ..parallel import run_pool
+from ..utils import atomic_folder, write_json_atomic
 from .case_files import find_case_files
 from .duke import SeriesMap, find_collection_root, read_series_map
 from .masks import read_mask_on_grid
@@ -264,8 +262,8 @@ def _case_lesions(job: _CaseJob, geom: CaseGeometry, file_numbers: Optional[List
     return boxes, None  # table slice boxes are derived from the 3D boxes when COCO files are made
 
 
-def _write_case(job: _CaseJob, tmp: str) -> dict:
-    """Write the slices (and mask) of one case into ``tmp``; return its record."""
+def _write_case(job: _CaseJob, slices_dir: str, masks_dir: Optional[str]) -> dict:
+    """Write the slices (and mask) of one case into the (temporary) folders; return its record."""
     t0 = time.perf_counter()
     fingerprint = inputs_fingerprint(job)  # before reading: a change while we read shows next time
     try:
@@ -280,13 +278,11 @@ def _write_case(job: _CaseJob, tmp: str) -> dict:
     rgb = compose_channels(phases, job.channels)
     del phases
     try:
-        os.makedirs(os.path.join(tmp, "slices"))
         for z in range(rgb.shape[0]):
-            _write_png(os.path.join(tmp, "slices", f"{z:04d}.png"), rgb[z])
+            _write_png(os.path.join(slices_dir, f"{z:04d}.png"), rgb[z])
         if mask is not None:
-            os.makedirs(os.path.join(tmp, "masks"))
             for z in range(mask.shape[0]):
-                _write_png(os.path.join(tmp, "masks", f"{z:04d}.png"), mask[z] * np.uint8(255))
+                _write_png(os.path.join(masks_dir, f"{z:04d}.png"), mask[z] * np.uint8(255))
     except OSError as e:
         raise CohortError(f"case {job.case_id}: cannot write output: {e}") from None
     return {
@@ -314,37 +310,30 @@ def _case_paths(out: str, case_id: str) -> Tuple[str, str, str]:
     )
 
 
-def _commit_case(job: _CaseJob, tmp: str, record: dict) -> None:
-    """Move a complete case from ``tmp`` into place; the record (the 'finished' mark) goes last."""
-    slices_dst, masks_dst, record_dst = _case_paths(job.out, job.case_id)
-    if os.path.exists(record_dst):
-        os.remove(record_dst)
-    for dst in (slices_dst, masks_dst):
-        if os.path.isdir(dst):  # our own leftover of an unfinished or outdated conversion
-            shutil.rmtree(dst)
-    write_json_atomic(os.path.join(tmp, "record.json"), record)
-    if job.mask_path is not None:
-        os.makedirs(os.path.dirname(masks_dst), exist_ok=True)
-        os.rename(os.path.join(tmp, "masks"), masks_dst)
-    os.makedirs(os.path.dirname(slices_dst), exist_ok=True)
-    os.rename(os.path.join(tmp, "slices"), slices_dst)
-    os.rename(os.path.join(tmp, "record.json"), record_dst)
-
-
 def _convert_case(job: _CaseJob) -> dict:
-    """Convert one case atomically (worker entry point); returns its record."""
+    """Convert one case atomically (worker entry point); returns its record.
+
+    The slice and mask folders are written as temporary folders in the run's ``OUT/.tmp`` and
+    renamed into place; the case's record (its "finished" mark) is removed first and written
+    last, so an interrupted case is never taken for a finished one.
+    """
     if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
         os._exit(1)  # orphaned worker (no PR_SET_PDEATHSIG on this system): never write on
-    tmp = tempfile.mkdtemp(prefix=job.case_id + ".", dir=os.path.join(job.out, job.tmp_dir))
+    slices_dst, masks_dst, record_dst = _case_paths(job.out, job.case_id)
+    tmp_dir = os.path.join(job.out, job.tmp_dir)
     try:
-        record = _write_case(job, tmp)
-        try:
-            _commit_case(job, tmp, record)
-        except OSError as e:
-            raise CohortError(f"case {job.case_id}: cannot write output: {e}") from None
-        return record
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.ExitStack() as folders:
+            slices_tmp = folders.enter_context(atomic_folder(slices_dst, tmp_dir))
+            masks_tmp = None
+            if job.mask_path is not None:
+                masks_tmp = folders.enter_context(atomic_folder(masks_dst, tmp_dir))
+            record = _write_case(job, slices_tmp, masks_tmp)
+            if os.path.exists(record_dst):
+                os.remove(record_dst)
+        write_json_atomic(record_dst, record)
+    except OSError as e:
+        raise CohortError(f"case {job.case_id}: cannot write output: {e}") from None
+    return record
 
 
 def inputs_fingerprint(job: _CaseJob) -> str:
@@ -419,13 +408,6 @@ def _init_worker(log_path: str, parent_pid: int) -> None:
     root.setLevel(logging.INFO)
 
 
-def _pool_context():
-    # fork where available: a spawned worker would re-import the package (torch, detectron2:
-    # seconds per worker) although it only needs numpy/SimpleITK; workers never touch torch.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-
-
 def _log_case(record: dict) -> None:
     logger.info(
         "case %s: %d slices, %d lesion(s), %.2f s",
@@ -436,7 +418,7 @@ def _log_case(record: dict) -> None:
 def _run_jobs(
     jobs: Sequence[_CaseJob], workers: int, log_path: str, skip_bad: bool = False
 ) -> Tuple[List[dict], List[dict]]:
-    """Convert ``jobs`` with a progress bar.
+    """Convert ``jobs`` with a progress bar (:func:`~breast_d2.parallel.run_pool`).
 
     Returns:
         ``(records, skipped)``; ``skipped`` lists ``{"case_id", "reason"}`` of the cases whose
@@ -445,39 +427,20 @@ def _run_jobs(
     """
     records, skipped = [], []
 
-    def finish(job: _CaseJob, get_record) -> None:
-        try:
-            records.append(get_record())
-            _log_case(records[-1])
-        except CohortError as e:
-            if not skip_bad:
-                raise
-            skipped.append({"case_id": job.case_id, "reason": str(e)})
-            logger.warning("skipped case %s: %s", job.case_id, e)
-        bar.update()
+    def done(job: _CaseJob, record: dict) -> None:
+        records.append(record)
+        _log_case(record)
 
-    bar = tqdm(total=len(jobs), desc="convert", unit="case", dynamic_ncols=True)
-    try:
-        if workers <= 1:
-            for job in jobs:
-                bar.set_postfix_str(job.case_id)
-                finish(job, lambda: _convert_case(job))
-            return records, skipped
-        with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker,
-                                 initargs=(log_path, os.getpid())) as pool:  # fmt: skip
-            pending = {pool.submit(_convert_case, job): job for job in jobs}
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in done:
-                    try:
-                        finish(pending.pop(fut), fut.result)
-                    except BaseException:
-                        for p in pending:
-                            p.cancel()
-                        raise
-        return records, skipped
-    finally:
-        bar.close()
+    def failed(job: _CaseJob, error: Exception) -> None:
+        if not (skip_bad and isinstance(error, CohortError)):
+            raise error
+        skipped.append({"case_id": job.case_id, "reason": str(error)})
+        logger.warning("skipped case %s: %s", job.case_id, error)
+
+    run_pool(_convert_case, jobs, workers, done, failed, initializer=_init_worker,
+             initargs=(log_path, os.getpid()), desc="convert", unit="case",
+             name=lambda job: job.case_id)  # fmt: skip
+    return records, skipped
 
 
 # ----------------------------------------------------------------------------- COCO / JSON
@@ -697,7 +660,7 @@ def convert_cohort(
         num_folds: K of the patient-level stratified K-fold split.
         seed: split seed (same seed -> same split).
         channels: three phase expressions for R, G, B, e.g. ``"1,1-0,0"``; see
-            :func:`~breast_d2.data.volumes.compose_channels` for the windowing.
+            :func:`~breast_d2.data.channels.compose_channels` for the windowing.
         workers: number of worker processes (1 = convert in this process).
         resume: skip cases finished by an earlier run with the same settings.
         series_map: TCIA's ``Breast-Cancer-MRI-filepath_filename-mapping`` (``.xlsx``/``.csv``);

@@ -1,9 +1,10 @@
 """Read the converter's ``cases.json`` and ``splits.json`` (docs/DATA_FORMAT.md), validated.
 
 The one place that reads these two files for the library and the tools (plain ``json``, no
-detectron2 or torch). Every case id is checked with :func:`~breast_d2.data.volumes.check_case_id`
-because it becomes a folder name (``slices/<case_id>/``, ``masks/fold{K}/<case_id>/``); a bad
-file stops with a one-line :class:`~breast_d2.data.volumes.CohortError` naming the file and entry.
+detectron2 or torch), and the one check that a folder is a converted folder at all. Every case
+id is checked with :func:`~breast_d2.data.errors.check_case_id` because it becomes a folder name
+(``slices/<case_id>/``, ``masks/fold{K}/<case_id>/``); a bad file stops with a one-line
+:class:`~breast_d2.data.errors.CohortError` naming the file and entry.
 """
 import json
 import logging
@@ -12,9 +13,35 @@ from typing import Any, Dict, List, Tuple
 
 from .errors import CohortError, check_case_id
 
-__all__ = ["read_json", "read_cases", "read_splits", "fold_case_ids"]
+__all__ = [
+    "CONVERTED_FILES",
+    "check_converted_folder",
+    "read_json",
+    "read_cases",
+    "read_splits",
+    "fold_case_ids",
+    "read_fold",
+]
 
 logger = logging.getLogger(__name__)
+
+# The files that make a folder a converted folder for the segmentation side (docs/DATA_FORMAT.md).
+CONVERTED_FILES = ("cases.json", "splits.json")
+
+
+def check_converted_folder(path: str) -> str:
+    """Return ``path`` when it is a converted folder (holds ``cases.json`` and ``splits.json``).
+
+    Raises:
+        CohortError: one line naming ``path`` and the files it lacks.
+    """
+    missing = [name for name in CONVERTED_FILES if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        raise CohortError(
+            f"{path} is not a converted folder (needs cases.json and splits.json; "
+            f"missing {', '.join(missing)}); write one with tools/convert_to_coco.py"
+        )
+    return path
 
 
 def _json_path(path: str, name: str) -> str:
@@ -103,3 +130,17 @@ def fold_case_ids(
             return list(entry["train"]), list(entry["val"])
     known = [e["fold"] for e in splits["folds"]]
     raise CohortError(f"{path}: no fold {fold} (folds {known})")
+
+
+def read_fold(path: str, fold: int) -> Tuple[List[str], List[str]]:
+    """``(train_case_ids, val_case_ids)`` of ``fold`` in ``splits.json`` (ids validated).
+
+    Args:
+        path: the converted folder or the ``splits.json`` file.
+        fold: fold index K.
+
+    Raises:
+        CohortError: malformed ``splits.json``, a bad case id, or no such fold.
+    """
+    path = _json_path(path, "splits.json")
+    return fold_case_ids(read_splits(path), fold, path)

@@ -13,14 +13,13 @@ from typing import Dict, List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .converted import read_cases, read_splits
+from .converted import read_splits
 from .errors import check_case_id
 
 __all__ = [
     "DEFAULT_DATA_ROOT",
     "default_data_root",
     "load_breast_json",
-    "load_cases_by_id",
     "register_breast_folds",
     "dataset_name",
 ]
@@ -66,20 +65,6 @@ def load_breast_json(json_file: str, image_root: str, name: Optional[str] = None
     return dicts
 
 
-def load_cases_by_id(cases_json: str) -> Dict[str, Dict]:
-    """Read ``cases.json`` into ``{case_id: {"case_id", "shape", "spacing", "boxes"}}``.
-
-    Raises:
-        CohortError: malformed file or a case id that is not a plain file name.
-    """
-    return read_cases(cases_json)
-
-
-def _read_splits(root: str) -> Optional[Dict]:
-    path = os.path.join(root, "splits.json")
-    return read_splits(path) if os.path.isfile(path) else None
-
-
 def register_breast_folds(
     root: Optional[str] = None, num_folds: int = 5, prefix: str = "breast"
 ) -> List[str]:
@@ -95,7 +80,8 @@ def register_breast_folds(
         The registered dataset names.
     """
     root = os.path.abspath(root or default_data_root())
-    splits = _read_splits(root)
+    splits_json = os.path.join(root, "splits.json")
+    splits = read_splits(splits_json) if os.path.isfile(splits_json) else None
     folds = splits["folds"] if splits else [{"fold": k} for k in range(num_folds)]
     names = []
     for entry in folds:

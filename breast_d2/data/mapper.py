@@ -13,9 +13,11 @@ from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .datasets import default_data_root, load_cases_by_id
+from ..segmentation.postprocess import dilate_mm
+from .converted import read_cases
+from .datasets import default_data_root
 
-__all__ = ["BreastMaskDatasetMapper", "mask_dir_from_config", "dilate_mask_mm", "apply_mask"]
+__all__ = ["BreastMaskDatasetMapper", "mask_dir_from_config", "apply_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +31,6 @@ def mask_dir_from_config(cfg) -> str:
     if cfg.INPUT.BREAST_MASK.DIR:
         return cfg.INPUT.BREAST_MASK.DIR
     return os.path.join(root, "masks", f"fold{max(cfg.DATASETS.FOLD, 0)}")
-
-
-def dilate_mask_mm(mask: np.ndarray, dilate_mm: float, spacing_xy=(1.0, 1.0)) -> np.ndarray:
-    """Dilate a ``[H, W]`` mask by ``dilate_mm`` millimetres (elliptic element; spacing in mm/px)."""
-    if dilate_mm <= 0:
-        return mask
-    rx = max(int(round(dilate_mm / spacing_xy[0])), 1)
-    ry = max(int(round(dilate_mm / spacing_xy[1])), 1)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rx + 1, 2 * ry + 1))
-    return cv2.dilate(mask.astype(np.uint8), kernel)
 
 
 def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -91,7 +83,8 @@ class BreastMaskDatasetMapper(DatasetMapper):
             mask_enabled: mask images to the breast region.
             mask_dir: folder of cached masks (ignored when ``mask_predictor`` is given).
             mask_predictor: callable returning the breast mask of an RGB slice.
-            dilate_mm: dilate masks by this many millimetres.
+            dilate_mm: dilate masks by this many millimetres (a Euclidean ball in physical
+                units, :func:`~breast_d2.segmentation.postprocess.dilate_mm`).
             spacing_by_case: in-plane pixel spacing ``(sx, sy)`` in mm per case (default 1 mm).
             return_mask: also return the augmented mask as ``dataset_dict["breast_mask"]``.
         """
@@ -147,8 +140,10 @@ class BreastMaskDatasetMapper(DatasetMapper):
                 f"breast mask of case {case_id} slice {slice_index} has shape {mask.shape}, "
                 f"image has {image.shape[:2]}"
             )
+        if self.dilate_mm <= 0:
+            return mask
         spacing = self.spacing_by_case.get(case_id, (1.0, 1.0))
-        return dilate_mask_mm(mask, self.dilate_mm, spacing)
+        return dilate_mm(mask, self.dilate_mm, spacing).view(np.uint8)
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)  # it will be modified by code below
@@ -183,6 +178,6 @@ def _spacing_by_case(cfg) -> Dict[str, tuple]:
     for name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
         cases_json = MetadataCatalog.get(name).get("cases_json")
         if cases_json and os.path.isfile(cases_json):
-            for case_id, case in load_cases_by_id(cases_json).items():
+            for case_id, case in read_cases(cases_json).items():
                 spacing[case_id] = tuple(case["spacing"][:2])
     return spacing

@@ -176,7 +176,7 @@ def read_mask_on_grid(
         path: NIfTI, NRRD, 3D Slicer ``.seg.nrrd`` (labelmap or segment layers), MHA, ...
         case_id: for messages.
         reference: geometry of the case's images
-            (:class:`~breast_d2.data.volumes.CaseGeometry`, ``(x, y, z)`` order, mm).
+            (:class:`~breast_d2.data.readers.CaseGeometry`, ``(x, y, z)`` order, mm).
         kind: names the file in messages.
 
     Returns:

@@ -34,17 +34,19 @@ import csv
 import io
 import json
 import logging
-import multiprocessing as mp
+import contextlib
+import functools
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
 
-from .boxes import DUKE_COLUMNS
+from ..parallel import run_pool
+from ..utils import atomic_folder, atomic_path, write_atomic
+from .boxes import DUKE_COLUMNS, label_boxes, largest_component
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -56,7 +58,7 @@ __all__ = [
     "case_id_for",
     "phase_times",
     "make_case",
-    "label_boxes",
+    "label_boxes",  # re-exported: its home is volumes.py (component and box helpers)
     "write_case",
     "write_cohort",
 ]
@@ -648,14 +650,6 @@ def _membership(grid: _Grid, sdf: np.ndarray) -> np.ndarray:
     return np.clip(0.5 - sdf / grid.spacing[0], 0.0, 1.0).astype(np.float32)
 
 
-def _largest_component(label: np.ndarray) -> np.ndarray:
-    comps, n = ndimage.label(label)
-    if n <= 1:
-        return label
-    sizes = np.bincount(comps.ravel())[1:]
-    return comps == (1 + int(np.argmax(sizes)))
-
-
 def _fits(grid, box, label, allowed: np.ndarray) -> bool:
     """Whether ``label`` (dilated by one voxel) lies entirely in ``allowed`` on the box."""
     if not label.any():
@@ -701,7 +695,7 @@ def _try_lesion(rng, grid, breast, diameter, shape_kind, allowed):
         box = _blob_box(grid, centre, diameter / 2)
         if box is not None:
             sdf = _blob_sdf(grid, box, centre, shape)
-            label = _largest_component(sdf <= 0)
+            label = largest_component(sdf <= 0)
             if _fits(grid, box, label, allowed):
                 return centre, diameter, shape, box, sdf, label
         diameter *= 0.85  # clip to fit inside the breast
@@ -772,7 +766,7 @@ def _try_node(rng, grid, allowed, zyx: np.ndarray, times) -> Optional[_Blob]:
         if box is None:
             continue
         sdf = _blob_sdf(grid, box, centre, shape)
-        label = _largest_component(sdf <= 0)
+        label = largest_component(sdf <= 0)
         if _fits(grid, box, label, allowed):
             member = _membership(grid, sdf) * label
             curve = _curve_wash(times, rng.uniform(20, 35), rng.uniform(-0.4, -0.15))
@@ -926,22 +920,6 @@ def _lesion_record(grid, labels, index, box, diameter, shape, side, kin) -> Lesi
     )
 
 
-def label_boxes(labels: np.ndarray) -> Dict[int, Tuple[int, int, int, int, int, int]]:
-    """3D boxes of every label value.
-
-    Args:
-        labels: ``[Z, Y, X]`` integer label volume, 0 background.
-
-    Returns:
-        ``{value: (x0, y0, z0, x1, y1, z1)}``, half-open voxel indices of each value's extent.
-    """
-    boxes = {}
-    for i, sl in enumerate(ndimage.find_objects(labels.astype(np.int32)), start=1):
-        if sl is not None:
-            boxes[i] = (sl[2].start, sl[1].start, sl[0].start, sl[2].stop, sl[1].stop, sl[0].stop)
-    return boxes
-
-
 def make_case(
     case_index: int,
     seed: int,
@@ -1057,11 +1035,9 @@ def _case_record(case: PhantomCase, case_index: int) -> Dict[str, object]:
     }
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _write_text(path: str, text: str, tmp_dir: Optional[str] = None) -> None:
+    """Write UTF-8 text with Unix line ends atomically (the same bytes on every platform)."""
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")), mode="wb", tmp_dir=tmp_dir)
 
 
 def _case_paths(out_dir: str, case_id: str) -> Dict[str, str]:
@@ -1093,25 +1069,19 @@ def write_case(
     cid = case.case_id
     index = int(cid[2:]) if case_index is None else case_index
     paths = _case_paths(out_dir, cid)
-    tmp = os.path.join(out_dir, _STATE_DIR, "tmp", cid)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, cid))
-    for p, phase in enumerate(case.phases):
-        path = os.path.join(tmp, cid, f"{cid}_{p:04d}.nii.gz")
-        _write_nifti(_to_int16(phase), path, case.spacing, case.origin)
-    _write_nifti(case.breast_mask, os.path.join(tmp, "mask.nii.gz"), case.spacing, case.origin)
-    _write_nifti(case.lesion_labels, os.path.join(tmp, "labels.nii.gz"), case.spacing, case.origin)
-    for key in ("images", "mask", "labels", "record"):
-        os.makedirs(os.path.dirname(paths[key]), exist_ok=True)
-    if os.path.exists(paths["record"]):
-        os.remove(paths["record"])
-    os.replace(os.path.join(tmp, "mask.nii.gz"), paths["mask"])
-    os.replace(os.path.join(tmp, "labels.nii.gz"), paths["labels"])
-    shutil.rmtree(paths["images"], ignore_errors=True)
-    os.rename(os.path.join(tmp, cid), paths["images"])
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp_dir = os.path.join(out_dir, _STATE_DIR, "tmp")  # write_cohort removes it at the end
+    with contextlib.ExitStack() as stack:
+        images = stack.enter_context(atomic_folder(paths["images"], tmp_dir))
+        for p, phase in enumerate(case.phases):
+            path = os.path.join(images, f"{cid}_{p:04d}.nii.gz")
+            _write_nifti(_to_int16(phase), path, case.spacing, case.origin)
+        for key, volume in (("mask", case.breast_mask), ("labels", case.lesion_labels)):
+            tmp = stack.enter_context(atomic_path(paths[key], tmp_dir))
+            _write_nifti(volume, tmp, case.spacing, case.origin)
+        if os.path.exists(paths["record"]):  # unfinished until the record is back
+            os.remove(paths["record"])
     record = _case_record(case, index)
-    _atomic_write_text(paths["record"], json.dumps(record, indent=1))
+    _write_text(paths["record"], json.dumps(record, indent=1), tmp_dir)
     return record
 
 
@@ -1155,7 +1125,7 @@ def _prepare_out_dir(out_dir: str, params: Dict[str, object]) -> None:
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise ValueError(f"{out_dir} exists and is not an empty folder or a phantom cohort")
     os.makedirs(os.path.join(out_dir, _STATE_DIR), exist_ok=True)
-    _atomic_write_text(state, json.dumps(params, indent=1))
+    _write_text(state, json.dumps(params, indent=1))
 
 
 def _generate(index: int, out_dir: str, params: Dict[str, object]) -> Dict[str, object]:
@@ -1183,17 +1153,13 @@ def run_case_jobs(
     done: Callable[[Dict[str, object]], None],
 ) -> None:
     """Run ``job(index, out_dir, params)`` for each case index, serially or in ``workers``
-    processes, calling ``done(record)`` as each finishes (every phantom layout writes this way)."""
-    if workers <= 1 or len(todo) <= 1:
-        for index in todo:
-            done(job(index, out_dir, params))
-        return
-    # fork: workers inherit the imported modules (importing breast_d2 loads detectron2/torch)
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-        futures = [pool.submit(job, index, out_dir, params) for index in todo]
-        for fut in as_completed(futures):
-            done(fut.result())
+    processes, calling ``done(record)`` as each finishes (every phantom layout writes this way).
+
+    The first failing case stops the run (:func:`~breast_d2.parallel.run_pool`); no progress bar
+    here: the callers' ``progress`` callback drives the tool's bar, which counts kept cases too.
+    """
+    run_pool(functools.partial(job, out_dir=out_dir, params=params), todo, workers,
+             on_result=lambda index, record: done(record), progress=False)  # fmt: skip
 
 
 def _boxes_csv(records: Sequence[Dict[str, object]]) -> str:
@@ -1285,8 +1251,8 @@ def write_cohort(
 
     run_case_jobs(_generate, todo, out_dir, params, workers, done)
     ordered = [records[case_id_for(i)] for i in range(num_cases)]
-    _atomic_write_text(os.path.join(out_dir, "boxes.csv"), _boxes_csv(ordered))
-    _atomic_write_text(os.path.join(out_dir, "phantom.json"), _phantom_json(params, ordered))
+    _write_text(os.path.join(out_dir, "boxes.csv"), _boxes_csv(ordered))
+    _write_text(os.path.join(out_dir, "phantom.json"), _phantom_json(params, ordered))
     shutil.rmtree(os.path.join(out_dir, _STATE_DIR, "tmp"), ignore_errors=True)
     return CohortSummary(
         out_dir=out_dir,

@@ -28,6 +28,7 @@ record that marks it finished), resume like :func:`breast_d2.data.phantom.write_
 the same bytes for the same seed whatever ``workers`` is.
 """
 
+import contextlib
 import csv
 import datetime
 import hashlib
@@ -47,7 +48,7 @@ import SimpleITK as sitk
 from openpyxl import Workbook
 from scipy import ndimage
 
-from ..utils import write_atomic, write_json_atomic
+from ..utils import atomic_folder, atomic_path, write_atomic, write_json_atomic
 from .phantom import (
     _STATE_DIR,
     FAT,
@@ -553,17 +554,18 @@ def _write_duke_case(index: int, out_dir: str, params: Dict[str, object]) -> Dic
     )
     study = _study(plan, params["seed"])
     paths = _duke_paths(out_dir, params, plan)
-    tmp = os.path.join(out_dir, _STATE_DIR, "tmp", plan.case_id)
-    shutil.rmtree(tmp, ignore_errors=True)
-    case_dir = os.path.join(tmp, "case")
+    tmp_dir = os.path.join(out_dir, _STATE_DIR, "tmp")  # the cohort writer removes it at the end
     ctx = _CaseContext(plan, study, case, params["seed"], _t1_image(case, plan.t1_same_grid))
-    written = [_write_series(ctx, s, case_dir) for s in _case_series(plan)]
-    if plan.seg_mask:
-        seg = os.path.join(tmp, "seg", os.path.basename(paths["seg"]))
-        os.makedirs(os.path.dirname(seg))
-        sitk.WriteImage(_mask_image(case, plan.seg_mask == "other_grid"), seg, True)
-    record = _duke_record(plan, case, study, written, params)
-    _move_into_place(tmp, paths, plan.seg_mask is not None)
+    with contextlib.ExitStack() as stack:  # the case's folders appear whole, record last
+        case_dir = stack.enter_context(atomic_folder(paths["case"], tmp_dir))
+        written = [_write_series(ctx, s, case_dir) for s in _case_series(plan)]
+        if plan.seg_mask:
+            seg_dir = stack.enter_context(atomic_folder(os.path.dirname(paths["seg"]), tmp_dir))
+            seg = os.path.join(seg_dir, os.path.basename(paths["seg"]))
+            sitk.WriteImage(_mask_image(case, plan.seg_mask == "other_grid"), seg, True)
+        record = _duke_record(plan, case, study, written, params)
+        if os.path.exists(paths["record"]):
+            os.remove(paths["record"])
     write_json_atomic(paths["record"], record, indent=1)
     logger.info("%s: %s, %d mass(es)", plan.case_id, plan.family, len(case.lesions))
     return record
@@ -578,20 +580,6 @@ def _duke_paths(out_dir: str, params: Dict[str, object], plan: DukeCasePlan) -> 
         ),
         "record": os.path.join(out_dir, _STATE_DIR, "cases", f"{cid}.json"),
     }
-
-
-def _move_into_place(tmp: str, paths: Dict[str, str], has_seg: bool) -> None:
-    """Rename the finished temporary case into the tree (the record comes after this)."""
-    if os.path.exists(paths["record"]):
-        os.remove(paths["record"])
-    moves = [("case", paths["case"])]
-    if has_seg:
-        moves.append(("seg", os.path.dirname(paths["seg"])))
-    for src, dst in moves:
-        shutil.rmtree(dst, ignore_errors=True)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        os.rename(os.path.join(tmp, src), dst)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _duke_boxes(case: PhantomCase, plan: DukeCasePlan) -> List[List[object]]:
@@ -962,29 +950,21 @@ def _write_mama_case(index: int, out_dir: str, params: Dict[str, object]) -> Dic
         phase_interval_s=params["phase_interval_s"],
     )
     cid, paths = mama_mia_case_id(index), _mama_paths(out_dir, index)
-    tmp = os.path.join(out_dir, _STATE_DIR, "tmp", cid)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, "images"))
-    for p, phase in enumerate(case.phases):
-        name = f"{paths['stem']}_{p:04d}.nii.gz"
-        _write_nifti(_to_int16(phase), os.path.join(tmp, "images", name), case.spacing, case.origin)
+    tmp_dir = os.path.join(out_dir, _STATE_DIR, "tmp")  # the cohort writer removes it at the end
     # Expert: the phantom's lesion labels; automatic: a coarser (dilated) binary mask.
     auto = ndimage.binary_dilation(case.lesion_labels > 0, iterations=1).astype(np.uint8)
-    for key, array in (("expert", case.lesion_labels), ("automatic", auto)):
-        _write_nifti(array, os.path.join(tmp, f"{key}.nii.gz"), case.spacing, case.origin)
-    info = _mama_info(index, case, params["seed"])
-    write_json_atomic(os.path.join(tmp, "info.json"), info, indent=1)
-    if os.path.exists(paths["record"]):
-        os.remove(paths["record"])
-    for key, name in (("expert", "expert.nii.gz"), ("automatic", "automatic.nii.gz")):
-        os.makedirs(os.path.dirname(paths[key]), exist_ok=True)
-        os.replace(os.path.join(tmp, name), paths[key])
-    os.makedirs(os.path.dirname(paths["info"]), exist_ok=True)
-    os.replace(os.path.join(tmp, "info.json"), paths["info"])
-    shutil.rmtree(paths["images"], ignore_errors=True)
-    os.makedirs(os.path.dirname(paths["images"]), exist_ok=True)
-    os.rename(os.path.join(tmp, "images"), paths["images"])
-    shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.ExitStack() as stack:  # every file of the case appears whole, record last
+        images = stack.enter_context(atomic_folder(paths["images"], tmp_dir))
+        for p, phase in enumerate(case.phases):
+            name = f"{paths['stem']}_{p:04d}.nii.gz"
+            _write_nifti(_to_int16(phase), os.path.join(images, name), case.spacing, case.origin)
+        for key, array in (("expert", case.lesion_labels), ("automatic", auto)):
+            tmp = stack.enter_context(atomic_path(paths[key], tmp_dir))
+            _write_nifti(array, tmp, case.spacing, case.origin)
+        info = _mama_info(index, case, params["seed"])
+        write_json_atomic(stack.enter_context(atomic_path(paths["info"], tmp_dir)), info, indent=1)
+        if os.path.exists(paths["record"]):
+            os.remove(paths["record"])
     record = _case_record(case, index)
     record.update(
         {

@@ -8,7 +8,6 @@ from .data import (
     has_gt_mask,
     labelled_slices,
     letterbox,
-    load_fold,
     split_by_gt_mask,
     unletterbox,
 )
@@ -53,7 +52,6 @@ __all__ = [
     "labelled_slices",
     "letterbox",
     "load_checkpoint",
-    "load_fold",
     "markdown_report",
     "overlap_metrics",
     "per_fold_rows",

@@ -19,15 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..data.converted import fold_case_ids, read_cases, read_splits
+from ..data.converted import read_cases
 from ..data.errors import check_case_id
 from ..utils import path_inside
 
 __all__ = [
     "SIZE_DIVISOR",
     "LetterboxMeta",
-    "load_cases",
-    "load_fold",
     "has_gt_mask",
     "split_by_gt_mask",
     "case_dir",
@@ -51,32 +49,13 @@ logger = logging.getLogger(__name__)
 SIZE_DIVISOR = 32
 
 
-def load_cases(data_root: str) -> Dict[str, dict]:
-    """``cases.json`` as ``{case_id: entry}`` (entry keys: case_id, shape [X,Y,Z], spacing, boxes).
-
-    Raises:
-        CohortError (a ValueError): malformed file or a case id that is not a plain file name.
-    """
-    return read_cases(data_root)
-
-
-def load_fold(data_root: str, fold: int) -> Tuple[List[str], List[str]]:
-    """``(train_case_ids, val_case_ids)`` of ``fold`` from ``splits.json`` (ids validated).
-
-    Raises:
-        CohortError (a ValueError): malformed ``splits.json``, a bad case id, or no such fold.
-    """
-    path = os.path.join(data_root, "splits.json")
-    return fold_case_ids(read_splits(path), fold, path)
-
-
 def case_dir(data_root: str, sub: str, case_id: str) -> str:
     """``data_root/sub/case_id`` for a validated case id, never outside ``data_root/sub``.
 
     Args:
         data_root: converted folder.
         sub: ``"slices"``, ``"masks/gt"``, ``"masks/fold0"``, ...
-        case_id: checked with :func:`~breast_d2.data.volumes.check_case_id`.
+        case_id: checked with :func:`~breast_d2.data.errors.check_case_id`.
     """
     root = os.path.join(data_root, sub)
     return path_inside(root, check_case_id(case_id, f"{root}: "))
@@ -106,7 +85,7 @@ def has_gt_mask(data_root: str, case_id: str, entry: Optional[Mapping] = None) -
 
 def split_by_gt_mask(data_root: str, case_ids: Sequence[str]) -> Tuple[List[str], List[str]]:
     """``(with_mask, without_mask)``: ``case_ids`` split by :func:`has_gt_mask`, order kept."""
-    cases = load_cases(data_root)
+    cases = read_cases(data_root)
     with_mask, without = [], []
     for case_id in case_ids:
         has = has_gt_mask(data_root, case_id, cases.get(case_id))
@@ -149,7 +128,10 @@ def read_mask(path: str) -> np.ndarray:
 
 
 def case_num_slices(cases: Dict[str, dict], case_id: str) -> Optional[int]:
-    """``Z`` (``shape[2]``) of a case in a :func:`load_cases` dict; None when not recorded."""
+    """``Z`` (``shape[2]``) of a case in a :func:`~breast_d2.data.converted.read_cases` dict.
+
+    None when not recorded.
+    """
     shape = cases.get(case_id, {}).get("shape")
     ok = isinstance(shape, (list, tuple)) and len(shape) == 3 and isinstance(shape[2], int)
     return int(shape[2]) if ok else None
@@ -295,7 +277,7 @@ class BreastSliceDataset(Dataset):
         self.flip = flip
         self.items: List[Tuple[str, int]] = []
         images, masks = [], []
-        cases = load_cases(data_root)
+        cases = read_cases(data_root)
         for case_id in case_ids:
             zs = case_slices(data_root, case_id, case_num_slices(cases, case_id))
             for z in [zs[i] for i in labelled_slices(len(zs), label_every)]:

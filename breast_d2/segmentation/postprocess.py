@@ -6,35 +6,20 @@ is judged against the whole breast); hole filling and dilation are always per sl
 because slices are thick and a hole "open" through the top slice is still a hole.
 """
 import logging
+import math
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["keep_large_components", "fill_holes", "dilate_mm", "postprocess_mask"]
+from ..data.boxes import keep_large_components
+
+__all__ = ["keep_large_components", "fill_holes", "disk_mm", "dilate_mm", "postprocess_mask"]
 
 logger = logging.getLogger(__name__)
 
-
-def keep_large_components(mask: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
-    """Keep the largest connected component and every component at least ``min_fraction`` of it.
-
-    The two breasts may be separate components, hence a fraction rather than only the largest.
-
-    Args:
-        mask: bool ``[Y, X]`` or ``[Z, Y, X]``; face connectivity.
-        min_fraction: in [0, 1]; 1.0 keeps only the largest component (and ties), 0 keeps all.
-
-    Returns:
-        bool array of the same shape.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    labels, n = ndimage.label(mask)
-    if n <= 1:
-        return mask.copy()
-    sizes = np.bincount(labels.ravel())[1:]
-    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
-    return np.isin(labels, keep)
+_ONE_UP = 1.0 + 1e-9  # a distance equal to the radius but for float rounding counts as within
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -45,32 +30,59 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return np.stack([ndimage.binary_fill_holes(s) for s in mask]) if len(mask) else mask.copy()
 
 
-def _disk(radius_x: float, radius_y: float) -> np.ndarray:
-    rx, ry = int(np.floor(radius_x)), int(np.floor(radius_y))
-    yy, xx = np.mgrid[-ry : ry + 1, -rx : rx + 1]
-    return (xx / max(radius_x, 1e-6)) ** 2 + (yy / max(radius_y, 1e-6)) ** 2 <= 1.0
+def disk_mm(mm: float, spacing_xy: Sequence[float] = (1.0, 1.0)) -> np.ndarray:
+    """The in-plane ball of radius ``mm`` millimetres as a structuring element.
+
+    Element ``[ry + dy, rx + dx]`` is True when ``(dx * sx) ** 2 + (dy * sy) ** 2 <= mm ** 2``:
+    the centres of the two pixels lie within ``mm`` of each other in physical units. Distances
+    equal to ``mm`` up to float rounding (relative 1e-9) count as within.
+
+    Args:
+        mm: radius in mm (>= 0).
+        spacing_xy: pixel spacing ``(sx, sy)`` in mm (column, row), as in cases.json.
+
+    Returns:
+        bool ``[2 * ry + 1, 2 * rx + 1]`` with ``rx = floor(mm / sx)``, ``ry = floor(mm / sy)``.
+    """
+    sx, sy = (float(v) for v in spacing_xy[:2])
+    if not (math.isfinite(mm) and mm >= 0):
+        raise ValueError(f"dilation radius must be a finite number of mm >= 0, got {mm}")
+    if not all(math.isfinite(v) and v > 0 for v in (sx, sy)):
+        raise ValueError(f"pixel spacing must be positive mm, got {tuple(spacing_xy)}")
+    rx, ry = int(math.floor(mm / sx * _ONE_UP)), int(math.floor(mm / sy * _ONE_UP))
+    dy, dx = np.mgrid[-ry : ry + 1, -rx : rx + 1]
+    return (dx * sx) ** 2 + (dy * sy) ** 2 <= mm * mm * _ONE_UP
 
 
 def dilate_mm(
     mask: np.ndarray, mm: float, spacing_xy: Sequence[float] = (1.0, 1.0)
 ) -> np.ndarray:
-    """Dilate every slice in-plane by ``mm`` millimetres with an elliptical structuring element.
+    """Dilate every slice in-plane by a Euclidean ball of radius ``mm`` millimetres.
+
+    Pixel ``(y, x)`` is in the result when some mask pixel of the same slice lies within ``mm``
+    of it, the distance taken between pixel centres in physical units (``spacing_xy``); see
+    :func:`disk_mm`. A radius below the pixel spacing grows nothing along that axis. This is the
+    one dilation of breast masks: ``tools/predict_breast_masks.py --dilate-mm``,
+    ``INPUT.BREAST_MASK.DILATE_MM`` (the mapper) and :class:`~breast_d2.inference.CaseDetector`.
 
     Args:
-        mask: bool ``[Y, X]`` or ``[Z, Y, X]``.
+        mask: ``[Y, X]`` or ``[Z, Y, X]``, non-zero = inside.
         mm: dilation radius in mm; <= 0 returns a copy.
         spacing_xy: pixel spacing ``(sx, sy)`` in mm (column, row), as in cases.json.
 
     Returns:
-        bool array of the same shape.
+        bool array of the same shape (no dilation across slices).
     """
-    mask = np.asarray(mask, dtype=bool)
+    mask = np.asarray(mask) != 0
     if mm <= 0:
-        return mask.copy()
-    se = _disk(mm / float(spacing_xy[0]), mm / float(spacing_xy[1]))
-    if mask.ndim == 3:
-        se = se[None]  # no dilation across slices
-    return ndimage.binary_dilation(mask, structure=se)
+        return mask
+    kernel = disk_mm(mm, spacing_xy).astype(np.uint8)
+    if kernel.size == 1:
+        return mask
+    # OpenCV's dilation with the exact disk: pixels outside the image never count as inside.
+    slices = mask.reshape((-1,) + mask.shape[-2:]).view(np.uint8)
+    out = np.stack([cv2.dilate(s, kernel) for s in slices]) if len(slices) else slices
+    return out.reshape(mask.shape).astype(bool)
 
 
 def postprocess_mask(

@@ -9,17 +9,15 @@ fold K, records the checkpoint's ``train_cases`` in ``masks/fold{K}/manifest.jso
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
 import torch
 
-from ..data.converted import read_json
+from ..data.converted import read_cases, read_fold, read_json
 from ..data.errors import check_case_id
-from ..utils import load_torch_file, path_inside, write_json_atomic
+from ..utils import atomic_folder, load_torch_file, path_inside, write_json_atomic
 from .data import (
     case_num_slices,
     case_slices,
@@ -28,8 +26,6 @@ from .data import (
     list_slices,
     load_case_gt,
     load_case_images,
-    load_cases,
-    load_fold,
     split_by_gt_mask,
     unletterbox,
 )
@@ -226,24 +222,13 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _write_case_atomic(fold_dir: str, case_id: str, zs: Sequence[int], masks: np.ndarray) -> None:
-    """Write ``<case_id>/<z:04d>.png`` into a temp folder, then swap it in (never half-written)."""
+def _write_case_masks(fold_dir: str, case_id: str, zs: Sequence[int], masks: np.ndarray) -> None:
+    """Write ``<case_id>/<z:04d>.png`` (0/255) atomically: a temp folder, then swapped in."""
     final = path_inside(fold_dir, check_case_id(case_id, f"{fold_dir}: "))
-    tmp = tempfile.mkdtemp(dir=fold_dir, prefix=f".tmp-{case_id}-")
-    try:
+    with atomic_folder(final) as tmp:
         for z, m in zip(zs, masks):
             if not cv2.imwrite(os.path.join(tmp, f"{z:04d}.png"), m.astype(np.uint8) * 255):
                 raise OSError(f"case {case_id}: cannot write slice {z} in {tmp}")
-        old = None
-        if os.path.exists(final):
-            old = tempfile.mkdtemp(dir=fold_dir, prefix=f".old-{case_id}-")
-            os.replace(final, os.path.join(old, "x"))
-        os.replace(tmp, final)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_fold_masks(
@@ -293,12 +278,12 @@ def write_fold_masks(
 
     if source not in ("model", "gt"):
         raise ValueError(f"source must be 'model' or 'gt', got {source!r}")
-    train_ids, val_ids = load_fold(data_root, fold)
+    train_ids, val_ids = read_fold(data_root, fold)
     ckpt = load_checkpoint(weights)
     check_no_fold_leak(ckpt["train_cases"], val_ids, fold)
     if ckpt.get("fold") is not None and int(ckpt["fold"]) != int(fold):
         logger.warning("checkpoint is from fold %s, writing fold %d", ckpt["fold"], fold)
-    cases = load_cases(data_root)
+    cases = read_cases(data_root)
     settings = {
         "fold": int(fold),
         "weights": os.path.abspath(weights),
@@ -351,7 +336,7 @@ def write_fold_masks(
             masks = predictor.predict_case(images, dilation_mm, spacing)
         else:
             masks = dilate_mm(load_case_gt(data_root, case_id, zs), dilation_mm, spacing)
-        _write_case_atomic(fold_dir, case_id, zs, masks)
+        _write_case_masks(fold_dir, case_id, zs, masks)
         manifest["cases"][case_id] = {"role": role, "source": case_source, "slices": len(zs)}
         write_json_atomic(manifest_path, manifest, indent=2)
         logger.info("fold%d %s (%s): %d slices from %s", fold, case_id, role, len(zs), case_source)
@@ -381,7 +366,7 @@ def verify_fold_masks(data_root: str, fold: int, check_checkpoint: bool = True) 
     if not os.path.isfile(path):
         return [f"no {path}"]
     manifest = read_json(path)
-    _, val_ids = load_fold(data_root, fold)
+    _, val_ids = read_fold(data_root, fold)
     problems = []
     if int(manifest.get("fold", -1)) != int(fold):
         problems.append(f"manifest is for fold {manifest.get('fold')}, not {fold}")

@@ -19,14 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..data.converted import read_cases, read_fold
 from ..utils import atomic_path, write_json_atomic
 from .data import (
     BreastSliceDataset,
     case_num_slices,
     load_case_gt,
     load_case_images,
-    load_cases,
-    load_fold,
     split_by_gt_mask,
 )
 from .losses import deep_supervision_loss, get_loss
@@ -102,7 +101,7 @@ def evaluate_cases(
     was_training = model.training
     model.eval()
     out = {}
-    cases = load_cases(data_root)
+    cases = read_cases(data_root)
     for case_id in case_ids:
         zs, images = load_case_images(data_root, case_id, case_num_slices(cases, case_id))
         zs, images = zs[::slice_stride], images[::slice_stride]
@@ -155,7 +154,7 @@ def _check_resume(ckpt: Dict[str, Any], cfg: SegTrainConfig, fold: int, train_id
 
 def _masked_fold(data_root: str, fold: int) -> Tuple[List[str], List[str], List[str]]:
     """``(train cases with a GT mask, val cases with one, all val cases)`` of ``fold``."""
-    train_all, val_all = load_fold(data_root, fold)
+    train_all, val_all = read_fold(data_root, fold)
     train_ids, _ = split_by_gt_mask(data_root, train_all)
     val_ids, _ = split_by_gt_mask(data_root, val_all)
     logger.info(
