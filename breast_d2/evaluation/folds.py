@@ -13,8 +13,8 @@ import numpy as np
 
 from .candidates import FROCInputError
 from .froc import FP_GRID, compute_froc, curve_sensitivity
-from .params import FROCParams
 from .io import load_candidates_json, load_cases_json, read_froc_json, subset_cases
+from .params import FROCParams
 
 __all__ = ["aggregate_folds", "evaluate_fold_dirs"]
 

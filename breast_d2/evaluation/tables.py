@@ -76,22 +76,19 @@ def format_froc_table(result: Mapping[str, Any]) -> str:
         f"{result['num_candidates']} candidates ({params['hit']}, "
         f"IoU > {params['iou_thresh']:g}, duplicates {params['duplicates']})"
     )
-    rows = []
-    for k, s in result["sensitivity_at"].items():
-        rows.append([
+    ci_at = ci.get("sensitivity_at") or {}
+    rows = [
+        [
             k,
             format_cell(s),
-            format_range((ci.get("sensitivity_at") or {}).get(k)),
+            format_range(ci_at.get(k)),
             format_cell(result["threshold_at"].get(k), 4),
             format_cell(result["sensitivity_at_interp"].get(k)),
-        ])
-    rows.append([
-        "**CPM**",
-        format_cell(result["cpm"]),
-        format_range(ci.get("cpm")),
-        "",
-        format_cell(result["cpm_interp"]),
-    ])
+        ]
+        for k, s in result["sensitivity_at"].items()
+    ]
+    cpm_row = [format_cell(result["cpm"]), format_range(ci.get("cpm")), ""]
+    rows.append(["**CPM**"] + cpm_row + [format_cell(result["cpm_interp"])])
     headers = ["FP/case", "Sensitivity", "95% CI", "Threshold", "Sens. (interp.)"]
     align = ["right", "right", "center", "right", "right"]
     return title + "\n\n" + markdown_table(headers, rows, align)
