@@ -1,6 +1,8 @@
 """Config keys that breast_d2 adds to detectron2's defaults."""
 from detectron2.config import CfgNode as CN
 
+from .evaluation.params import FROCParams
+
 __all__ = ["add_breast_config"]
 
 
@@ -47,19 +49,20 @@ def _add_froc_config(cfg: CN) -> None:
     # (demo, cross_validate) set False because their next step is a separate --eval-only run.
     cfg.TEST.FINAL_EVAL = True
     cfg.TEST.FROC = CN()
+    d = FROCParams()  # the defaults' one home, shared with the evaluator and tools/froc.py
     # Link detections whose slices differ by at most 1 + SLICE_GAP (1 bridges one missed slice).
-    cfg.TEST.FROC.SLICE_GAP = 1
+    cfg.TEST.FROC.SLICE_GAP = d.slice_gap
     # ... and whose 2D IoU is at least LINK_IOU.
-    cfg.TEST.FROC.LINK_IOU = 0.3
+    cfg.TEST.FROC.LINK_IOU = d.link_iou
     # Candidate score from its members' scores: "max" or "mean".
-    cfg.TEST.FROC.SCORE = "max"
+    cfg.TEST.FROC.SCORE = d.score
     # Slice detections below this score are dropped before merging.
-    cfg.TEST.FROC.SCORE_THRESH = 0.0
+    cfg.TEST.FROC.SCORE_THRESH = d.score_thresh
     # Hit criterion: "iou3d" (the study), "iou2d" or "center".
-    cfg.TEST.FROC.HIT = "iou3d"
+    cfg.TEST.FROC.HIT = d.hit
     # A candidate hits a mass when its IoU is strictly greater than this.
-    cfg.TEST.FROC.IOU_THRESH = 0.5
+    cfg.TEST.FROC.IOU_THRESH = d.iou_thresh
     # Extra hits on an already detected mass: "ignore" (LUNA16) or "fp" (nnDetection, COCO).
-    cfg.TEST.FROC.DUPLICATES = "ignore"
+    cfg.TEST.FROC.DUPLICATES = d.duplicates
     # Bootstrap resamples of cases for the 95% confidence interval (0 turns it off).
-    cfg.TEST.FROC.BOOTSTRAP = 1000
+    cfg.TEST.FROC.BOOTSTRAP = d.bootstrap

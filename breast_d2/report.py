@@ -1,6 +1,5 @@
 """Markdown report of a demo / cross-validation job: segmentation table, FROC table, plots,
 example overlays. Reads only files that the tools wrote (froc.json, seg_table.md, slices)."""
-import json
 import logging
 import os
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -8,63 +7,40 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import cv2
 import numpy as np
 
-from .data.converted import read_cases
+from .data.converted import read_cases, read_json
 from .data.errors import check_case_id
+from .evaluation.froc import FP_RATES, load_candidates_json, rate_key
+from .evaluation.plots import plot_froc_runs
+from .evaluation.tables import format_cell, format_range, markdown_table
 from .utils import atomic_path, path_inside, write_atomic
 from .visualize import case_montage
 
-__all__ = ["froc_table", "plot_froc_runs", "write_overlays", "write_report", "STUDY_SENS_AT_3_4"]
+__all__ = ["froc_table", "write_overlays", "write_report", "STUDY_SENS_AT_3_4"]
 
 logger = logging.getLogger(__name__)
 
 # The reference study's headline: mean sensitivity 0.874 at 3.4 false positives per case.
 STUDY_SENS_AT_3_4 = 0.874
-_RATES = ("0.125", "0.25", "0.5", "1", "2", "3.4", "4", "8")
-
-
-def _fmt(value) -> str:
-    return "–" if value is None or value != value else f"{value:.3f}"
+_STUDY_POINT = (3.4, STUDY_SENS_AT_3_4, "study")
 
 
 def froc_table(runs: Mapping[str, Mapping]) -> str:
-    """Markdown table, one row per run: sensitivity at each FP rate, CPM, 95% CI at 3.4."""
-    head = "| run | cases | masses | " + " | ".join(f"sens@{r}" for r in _RATES)
-    head += " | CPM | 95% CI sens@3.4 |\n"
-    head += "|---" * (len(_RATES) + 5) + "|\n"
+    """Markdown table, one row per run: sensitivity at each FP rate, CPM, 95% CI at 3.4.
+
+    Args:
+        runs: ``{run name: compute_froc result (froc.json)}``, one row each in this order.
+    """
+    rates = [rate_key(r) for r in FP_RATES]
     rows = []
     for name, res in runs.items():
-        sens = [_fmt(res["sensitivity_at"].get(r)) for r in _RATES]
         ci = ((res.get("ci95") or {}).get("sensitivity_at") or {}).get("3.4")
-        ci_txt = f"{_fmt(ci[0])}–{_fmt(ci[1])}" if ci else "–"
         rows.append(
-            f"| {name} | {res['num_cases']} | {res['num_lesions']} | " + " | ".join(sens)
-            + f" | {_fmt(res.get('cpm'))} | {ci_txt} |"
+            [name, str(res["num_cases"]), str(res["num_lesions"])]
+            + [format_cell(res["sensitivity_at"].get(r)) for r in rates]
+            + [format_cell(res.get("cpm")), format_range(ci)]
         )
-    return head + "\n".join(rows) + "\n"
-
-
-def plot_froc_runs(runs: Mapping[str, Mapping], path: str) -> None:
-    """All runs' FROC curves on one log-FP axis with the study's 0.874 @ 3.4 point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
-    for i, (name, res) in enumerate(runs.items()):
-        fp = [1e-3] + list(res["curve"]["fp_per_case"]) + [64.0]
-        sens = [0.0] + list(res["curve"]["sensitivity"])
-        sens.append(sens[-1])
-        ax.step(fp, sens, where="post", color=f"C{i}", label=name)
-    ax.plot([3.4], [STUDY_SENS_AT_3_4], "k*", ms=10, label="study: 0.874 @ 3.4 FP/case")
-    ax.set(xscale="log", xlim=(0.1, 16), ylim=(0, 1.02), xlabel="false positives per case",
-           ylabel="sensitivity", title="FROC, validation cases")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    headers = ["run", "cases", "masses"] + [f"sens@{r}" for r in rates]
+    return markdown_table(headers + ["CPM", "95% CI sens@3.4"], rows) + "\n"
 
 
 def _read_case_slices(data_root: str, case_id: str, num_slices: int, sub: str) -> np.ndarray:
@@ -83,11 +59,9 @@ def write_overlays(
     max_cases: int = 3, max_candidates: int = 5,
 ) -> List[str]:
     """Montages of validation cases with masses: GT (green), top candidates (amber), mask."""
-    with open(os.path.join(froc_dir, "candidates.json")) as f:
-        candidates = json.load(f)
+    candidates = load_candidates_json(os.path.join(froc_dir, "candidates.json"))
     cases = read_cases(data_root)  # case ids validated: they become file names below
-    with open(os.path.join(froc_dir, "froc.json")) as f:
-        evaluated = json.load(f)["case_ids"]
+    evaluated = read_json(os.path.join(froc_dir, "froc.json"))["case_ids"]
     written = []
     for case_id in [c for c in evaluated if cases[c]["boxes"]][:max_cases]:
         case = cases[case_id]
@@ -134,9 +108,8 @@ def write_report(
     out_dir = os.path.dirname(os.path.abspath(path))
     runs: Dict[str, Dict] = {}
     for name, froc_dir in froc_runs.items():
-        with open(os.path.join(froc_dir, "froc.json")) as f:
-            runs[name] = json.load(f)
-    plot_froc_runs(runs, os.path.join(out_dir, "froc_runs.png"))
+        runs[name] = read_json(os.path.join(froc_dir, "froc.json"))
+    plot_froc_runs(runs, os.path.join(out_dir, "froc_runs.png"), reference=_STUDY_POINT)
     overlays = write_overlays(next(iter(froc_runs.values())), data_root, out_dir, mask_dir)
     lines = [f"# {title}", ""]
     lines += [n + "\n" for n in notes]
@@ -158,7 +131,7 @@ def write_report(
                   "mask outline)", ""]
         lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in overlays] + [""]
     if step_times:
-        lines += ["## Steps", "", "| step | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.0f} |" for k, v in step_times.items()] + [""]
+        rows = [[k, format_cell(v, 0)] for k, v in step_times.items()]
+        lines += ["## Steps", "", markdown_table(["step", "seconds"], rows), ""]
     write_atomic(path, lambda f: f.write("\n".join(lines)))
     return path

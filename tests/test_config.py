@@ -81,3 +81,24 @@ def test_missing_local_weights(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="not found"):
         resolve_weights(str(tmp_path / "nope.pth"))
     assert resolve_weights("") == ""
+
+
+def test_froc_keys_take_their_defaults_from_froc_params():
+    from breast_d2.evaluation.evaluator import BreastFROCEvaluator
+    from breast_d2.evaluation.params import FROCParams
+
+    cfg = get_cfg()
+    add_breast_config(cfg)
+    # The study's settings, written out once here so that a changed default is noticed.
+    expected = {"SLICE_GAP": 1, "LINK_IOU": 0.3, "SCORE": "max", "SCORE_THRESH": 0.0,
+                "HIT": "iou3d", "IOU_THRESH": 0.5, "DUPLICATES": "ignore", "BOOTSTRAP": 1000}
+    assert dict(cfg.TEST.FROC) == expected
+    assert {k.upper(): v for k, v in FROCParams().asdict().items()} == expected
+    # The evaluator without a config uses the same defaults.
+    from detectron2.data import MetadataCatalog
+
+    try:
+        ev = BreastFROCEvaluator("breast_froc_defaults_test", distributed=False)
+        assert ev._params == FROCParams().asdict()
+    finally:
+        MetadataCatalog.pop("breast_froc_defaults_test", None)

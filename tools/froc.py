@@ -25,23 +25,26 @@ import sys
 
 from breast_d2.cli import OneLineErrorParser
 from breast_d2.data.converted import fold_case_ids, read_splits
+from breast_d2.evaluation.folds import evaluate_fold_dirs
 from breast_d2.evaluation.froc import (
+    DUPLICATE_MODES,
+    HIT_CRITERIA,
     FROCInputError,
+    FROCParams,
     compute_froc,
-    evaluate_fold_dirs,
     format_folds_table,
     format_froc_table,
     load_candidates_json,
     load_cases_json,
     save_froc,
     subset_cases,
-    write_json_atomic,
 )
 from breast_d2.evaluation.plots import plot_folds
-from breast_d2.utils import write_atomic
+from breast_d2.utils import write_atomic, write_json_atomic
 
 
 def get_parser() -> argparse.ArgumentParser:
+    d = FROCParams()
     parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     parser.add_argument("--candidates", help="candidates JSON (single run)")
     parser.add_argument("--ground-truth", help="the converter's cases.json")
@@ -49,19 +52,14 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--splits", help="splits.json; with --fold, evaluate its validation cases")
     parser.add_argument("--fold", type=int, help="fold index in --splits")
-    parser.add_argument("--hit", choices=("iou3d", "iou2d", "center"), default="iou3d")
-    parser.add_argument("--iou", type=float, default=0.5,
+    parser.add_argument("--hit", choices=HIT_CRITERIA, default=d.hit)
+    parser.add_argument("--iou", type=float, default=d.iou_thresh,
                         help="hit needs IoU > this; 0 <= IOU < 1 (0: any overlap)")
-    parser.add_argument("--duplicates", choices=("ignore", "fp"), default="ignore")
-    parser.add_argument("--bootstrap", type=int, default=1000,
+    parser.add_argument("--duplicates", choices=DUPLICATE_MODES, default=d.duplicates)
+    parser.add_argument("--bootstrap", type=int, default=d.bootstrap,
                         help="case resamples, >= 0 (0: no CI)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     return parser
-
-
-def _fold_cases(splits_path: str, fold: int) -> list:
-    """Validation case ids of ``fold`` (malformed splits.json: one-line CohortError)."""
-    return fold_case_ids(read_splits(splits_path), fold, splits_path)[1]
 
 
 def run_single(args) -> str:
@@ -71,7 +69,9 @@ def run_single(args) -> str:
         raise FROCInputError("--splits and --fold go together")
     cases = load_cases_json(args.ground_truth)
     if args.splits:
-        cases = subset_cases(cases, _fold_cases(args.splits, args.fold))
+        # Malformed splits.json or an unknown fold: one-line CohortError naming the file.
+        val_ids = fold_case_ids(read_splits(args.splits), args.fold, args.splits)[1]
+        cases = subset_cases(cases, val_ids)
     candidates = load_candidates_json(args.candidates, as_arrays=True)
     result = compute_froc(
         candidates,

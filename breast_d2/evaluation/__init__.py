@@ -1,5 +1,8 @@
 """Per-case 3D evaluation: slice detections -> 3D candidates -> FROC (LUNA16-style CPM).
 
+Modules, in the order of the pipeline: ``candidates`` (3D merging), ``matching`` (candidate-mass
+hits), ``froc`` (curve, CPM, bootstrap), ``folds`` (per-fold and pooled), ``io`` (files),
+``tables`` and ``plots`` (markdown and figures), ``params`` (the defaults).
 ``candidates`` and ``froc`` are plain NumPy and usable without detectron2 (the standalone
 ``tools/froc.py``); ``BreastFROCEvaluator`` adapts them to detectron2 and is imported lazily so
 that importing this package does not import detectron2's evaluation stack.
@@ -13,16 +16,10 @@ from .candidates import (
     merge_slice_arrays,
     merge_slice_detections,
 )
-from .froc import (
-    CPM_RATES,
-    FP_RATES,
-    aggregate_folds,
-    compute_froc,
-    evaluate_fold_dirs,
-    load_candidates_json,
-    load_cases_json,
-    save_froc,
-)
+from .folds import aggregate_folds, evaluate_fold_dirs
+from .froc import CPM_RATES, FP_RATES, compute_froc
+from .io import load_candidates_json, load_cases_json, save_froc
+from .params import FROCParams
 
 __all__ = [
     "BreastFROCEvaluator",
@@ -33,6 +30,7 @@ __all__ = [
     "merge_slice_detections",
     "CPM_RATES",
     "FP_RATES",
+    "FROCParams",
     "aggregate_folds",
     "compute_froc",
     "evaluate_fold_dirs",

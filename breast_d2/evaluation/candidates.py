@@ -17,17 +17,20 @@ import logging
 import numbers
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+from .params import FROCParams
 
 __all__ = [
     "FROCInputError",
     "gc_paused",
     "is_real_number",
     "CandidateArrays",
+    "chunked_pairs",
     "detections_to_arrays",
     "merge_slice_arrays",
     "merge_slice_detections",
@@ -286,10 +289,10 @@ def detections_to_arrays(
 
 def merge_slice_detections(
     detections: Sequence[Mapping[str, Any]],
-    slice_gap: int = 1,
-    link_iou: float = 0.3,
-    score: str = "max",
-    score_thresh: float = 0.0,
+    slice_gap: int = FROCParams.slice_gap,
+    link_iou: float = FROCParams.link_iou,
+    score: str = FROCParams.score,
+    score_thresh: float = FROCParams.score_thresh,
 ) -> List[Dict[str, Any]]:
     """Merge slice detections into 3D candidates (the candidates JSON list).
 
@@ -329,10 +332,10 @@ def merge_slice_arrays(
     boxes: np.ndarray,
     scores: np.ndarray,
     *,
-    slice_gap: int = 1,
-    link_iou: float = 0.3,
-    score: str = "max",
-    score_thresh: float = 0.0,
+    slice_gap: int = FROCParams.slice_gap,
+    link_iou: float = FROCParams.link_iou,
+    score: str = FROCParams.score,
+    score_thresh: float = FROCParams.score_thresh,
 ) -> CandidateArrays:
     """Array version of :func:`merge_slice_detections` (inputs are assumed valid).
 
@@ -444,7 +447,7 @@ def _link(
         hi = np.searchsorted(sort_key, base + x1[src_i] - link_iou * w_a + 1.0, "left")
         if dz == 0:
             lo = np.maximum(lo, src_i + 1)  # each unordered same-slice pair once, no self pairs
-        for s, d in _pairs_chunked(src_i, lo, np.maximum(hi - lo, 0)):
+        for s, d in chunked_pairs(src_i, lo, np.maximum(hi - lo, 0)):
             ok = _iou2d_cols(cols, area, s, d) >= link_iou
             srcs.append(s[ok])
             dsts.append(d[ok])
@@ -459,8 +462,24 @@ def _link(
     return relabel[labels]
 
 
-def _pairs_chunked(src: np.ndarray, lo: np.ndarray, counts: np.ndarray):
-    """Yield ``(s, d)`` index arrays for pairs (src[i], lo[i] + k), k < counts[i], in chunks."""
+def chunked_pairs(
+    src: np.ndarray, lo: np.ndarray, counts: np.ndarray
+) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """The pair search shared by 3D merging and FROC matching, without a Python loop per pair.
+
+    Each ``src[i]`` is paired with the ``counts[i]`` consecutive indices ``lo[i], lo[i] + 1, ...``
+    (a window of sorted candidates found with ``searchsorted``, or the masses of a case).
+
+    Args:
+        src: [N] int, the first index of each pair.
+        lo: [N] int, start of ``src[i]``'s window.
+        counts: [N] int >= 0, window length.
+
+    Yields:
+        ``(s [P], d [P])`` int64 index arrays of pairs ``(src[i], lo[i] + k)``, ``k < counts[i]``,
+        in order, in chunks of at most ``_PAIR_CHUNK`` pairs (a chunk holds whole windows; one
+        window larger than that comes alone).
+    """
     cum = np.cumsum(counts)
     total = int(cum[-1]) if cum.size else 0
     begin = 0

@@ -21,32 +21,15 @@ from .froc import (
     save_froc,
     subset_cases,
 )
+from .params import FROCParams
 
 __all__ = ["BreastFROCEvaluator"]
 
 logger = logging.getLogger(__name__)
 
-# Constructor keyword -> cfg.TEST.FROC key.
-_CFG_KEYS = {
-    "slice_gap": "SLICE_GAP",
-    "link_iou": "LINK_IOU",
-    "score": "SCORE",
-    "score_thresh": "SCORE_THRESH",
-    "hit": "HIT",
-    "iou_thresh": "IOU_THRESH",
-    "duplicates": "DUPLICATES",
-    "bootstrap": "BOOTSTRAP",
-}
-_DEFAULTS = {
-    "slice_gap": 1,
-    "link_iou": 0.3,
-    "score": "max",
-    "score_thresh": 0.0,
-    "hit": "iou3d",
-    "iou_thresh": 0.5,
-    "duplicates": "ignore",
-    "bootstrap": 1000,
-}
+# Constructor keyword -> cfg.TEST.FROC key, and the defaults (one home: FROCParams).
+_CFG_KEYS = FROCParams.config_keys()
+_DEFAULTS = FROCParams().asdict()
 
 
 class BreastFROCEvaluator(DatasetEvaluator):

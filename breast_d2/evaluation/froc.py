@@ -1,16 +1,10 @@
-"""FROC analysis of 3D candidates against ground-truth masses (plain NumPy, no detectron2).
+"""FROC of 3D candidates: the curve, rates, CPM, LUNA16 interpolation and bootstrap (plain NumPy).
 
 Definitions (LUNA16 style, see the FROC issue):
 
-- A candidate *hits* a mass by ``hit="iou3d"`` (3D IoU > ``iou_thresh``, strictly), ``"iou2d"``
-  (the boxes share a slice and their in-plane IoU > ``iou_thresh``; a candidate's cross-section
-  is the same on all its slices, so this is the 2D IoU on any shared slice) or ``"center"``
-  (candidate centre inside the mass box, ``x0 <= c < x1`` per axis).
-- A mass counts once, detected at the highest score among the candidates hitting it.
-  ``duplicates="ignore"`` (LUNA16): a candidate hitting any mass is never a false positive.
-  ``duplicates="fp"`` (nnDetection, COCO): only the top-scoring hit of each mass is a true
-  positive (ties broken by candidate box), every other candidate is a false positive. Unlike
-  COCO's one-to-one matching, one candidate that is the top hit of two masses detects both.
+- Hits and duplicates: :mod:`~breast_d2.evaluation.matching` (``hit="iou3d"``, ``"iou2d"`` or
+  ``"center"``; ``duplicates="ignore"`` as LUNA16 or ``"fp"`` as nnDetection/COCO). A mass
+  counts once, detected at the highest score among the candidates hitting it.
 - Curve: thresholds sweep the distinct candidate scores; sensitivity = detected masses / masses,
   FP per case = false positives with score >= threshold / evaluated cases (cases without masses
   or without candidates included).
@@ -21,24 +15,41 @@ Definitions (LUNA16 style, see the FROC issue):
 - 95% CI: percentile bootstrap over cases (resampled with replacement, seeded).
 
 Sensitivities are fractions in [0, 1]; NaN (``null`` in JSON) when there are no masses.
+
+This module is also the FROC package's front door: it re-exports the matching
+(:mod:`.matching`), file (:mod:`.io`), fold (:mod:`.folds`) and table (:mod:`.tables`)
+functions that users import from ``breast_d2.evaluation.froc``.
 """
-import csv
-import io
-import json
 import logging
 import math
-import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..utils import write_atomic, write_json_atomic
-from .candidates import CandidateArrays, FROCInputError, _pairs_chunked, is_real_number
+from .candidates import FROCInputError, is_real_number
+from .io import load_candidates_json, load_cases_json, save_froc, subset_cases
+from .matching import (
+    DUPLICATE_MODES,
+    HIT_CRITERIA,
+    Candidates,
+    as_candidate_arrays,
+    candidate_case_index,
+    ground_truth_arrays,
+    match_candidates,
+)
+from .params import FROCParams
+from .tables import format_folds_table, format_froc_table
+
+if TYPE_CHECKING:  # re-exported lazily by __getattr__ below (folds.py imports this module)
+    from .folds import aggregate_folds, evaluate_fold_dirs
 
 __all__ = [
     "FP_RATES",
     "CPM_RATES",
+    "FP_GRID",
     "HIT_CRITERIA",
+    "DUPLICATE_MODES",
+    "FROCParams",
     "FROCInputError",
     "rate_key",
     "check_froc_params",
@@ -51,7 +62,6 @@ __all__ = [
     "load_cases_json",
     "subset_cases",
     "save_froc",
-    "write_json_atomic",
     "format_froc_table",
     "format_folds_table",
 ]
@@ -62,172 +72,24 @@ logger = logging.getLogger(__name__)
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 3.4, 4.0, 8.0)
 # The seven LUNA16 rates averaged by the competition performance metric (CPM).
 CPM_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-HIT_CRITERIA = ("iou3d", "iou2d", "center")
-DUPLICATE_MODES = ("ignore", "fp")
 # Common FP grid (1/16 .. 16 per case, 12 points per octave) for CI bands and fold averages.
 FP_GRID = tuple(np.round(2.0 ** (np.arange(-48, 49) / 12.0), 12).tolist())
 # Bootstrap rows x events materialised at once.
 _BOOT_CELLS = 4_000_000
 
-Candidates = Union[CandidateArrays, Sequence[Mapping[str, Any]]]
+
+def __getattr__(name: str) -> Any:
+    # folds.py builds on this module, so its API is imported on first use (no import cycle).
+    if name in ("aggregate_folds", "evaluate_fold_dirs"):
+        from . import folds
+
+        return getattr(folds, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def rate_key(rate: float) -> str:
     """JSON/metric key of an FP rate: 0.125 -> "0.125", 1.0 -> "1", 3.4 -> "3.4"."""
     return f"{rate:g}"
-
-
-# ----------------------------------------------------------------------------- ground truth
-
-
-def _ground_truth_arrays(
-    cases: Sequence[Mapping[str, Any]],
-) -> Tuple[List[str], np.ndarray, np.ndarray]:
-    """Validate cases and return ``(sorted case_ids, gt_case [G], gt_boxes [G, 6])``.
-
-    ``gt_case`` indexes the sorted ``case_ids`` and is non-decreasing.
-    """
-    if not isinstance(cases, (list, tuple)):
-        raise FROCInputError(f"ground truth cases must be a list, got {type(cases).__name__}")
-    by_id: Dict[str, np.ndarray] = {}
-    for i, case in enumerate(cases):
-        if not isinstance(case, Mapping) or not isinstance(case.get("case_id"), str):
-            raise FROCInputError(f"ground-truth case #{i} has no string 'case_id'")
-        cid = case["case_id"]
-        if cid in by_id:
-            raise FROCInputError(f"ground-truth case {cid!r} appears twice")
-        by_id[cid] = _case_boxes(case, cid)
-    case_ids = sorted(by_id)
-    boxes = [by_id[c] for c in case_ids]
-    gt_case = np.repeat(np.arange(len(case_ids)), [len(b) for b in boxes]).astype(np.int64)
-    gt_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 6))
-    return case_ids, gt_case, gt_boxes
-
-
-def _case_boxes(case: Mapping[str, Any], cid: str) -> np.ndarray:
-    if "boxes" not in case:  # a lesion-free case says "boxes": [], it never omits the key
-        raise FROCInputError(f"ground-truth case {cid!r} has no 'boxes' (use [] for no masses)")
-    raw = case["boxes"]
-    try:
-        if not isinstance(raw, (list, tuple)):
-            raise TypeError
-        if not all(isinstance(b, (list, tuple)) and all(map(is_real_number, b)) for b in raw):
-            raise TypeError  # np.array would take "0.5" or true as numbers
-        boxes = np.array(raw, dtype=np.float64).reshape(-1, 6) if len(raw) else np.zeros((0, 6))
-        if len(boxes) != len(raw):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise FROCInputError(
-            f"ground-truth case {cid!r}: boxes must be a list of [x0, y0, z0, x1, y1, z1], "
-            f"got {raw!r:.100}"
-        ) from None
-    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 3:] <= boxes[:, :3]).any(axis=1)
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        raise FROCInputError(
-            f"ground-truth case {cid!r}: box #{k} {boxes[k].tolist()} is malformed "
-            "(expected finite x0, y0, z0, x1, y1, z1 with every max > min)"
-        )
-    return boxes
-
-
-def subset_cases(
-    cases: Sequence[Mapping[str, Any]], case_ids: Sequence[str]
-) -> List[Mapping[str, Any]]:
-    """The entries of ``cases`` named in ``case_ids`` (in ``case_ids`` order).
-
-    Raises:
-        FROCInputError: when a case id is not in ``cases``.
-    """
-    by_id = {c.get("case_id"): c for c in cases if isinstance(c, Mapping)}
-    missing = [c for c in case_ids if c not in by_id]
-    if missing:
-        raise FROCInputError(
-            f"case {missing[0]!r} is not in the ground truth ({len(missing)} missing)"
-        )
-    return [by_id[c] for c in dict.fromkeys(case_ids)]
-
-
-# ----------------------------------------------------------------------------- matching
-
-
-def _as_candidate_arrays(candidates: Candidates) -> CandidateArrays:
-    if isinstance(candidates, CandidateArrays):
-        return candidates
-    return CandidateArrays.from_dicts(candidates)
-
-
-def _hits(a: np.ndarray, b: np.ndarray, hit: str, thresh: float) -> np.ndarray:
-    """Whether candidate boxes a [P, 6] hit mass boxes b [P, 6] (half-open voxel boxes)."""
-    if hit == "center":
-        c = (a[:, :3] + a[:, 3:]) / 2.0
-        return ((b[:, :3] <= c) & (c < b[:, 3:])).all(axis=1)
-    ext = np.clip(np.minimum(a[:, 3:], b[:, 3:]) - np.maximum(a[:, :3], b[:, :3]), 0.0, None)
-    da, db = a[:, 3:] - a[:, :3], b[:, 3:] - b[:, :3]
-    if hit == "iou3d":
-        inter = ext.prod(axis=1)
-        return inter / (da.prod(axis=1) + db.prod(axis=1) - inter) > thresh
-    inter = ext[:, 0] * ext[:, 1]
-    union = da[:, 0] * da[:, 1] + db[:, 0] * db[:, 1] - inter
-    return (ext[:, 2] > 0) & (inter / union > thresh)
-
-
-def match_candidates(
-    cand_case: np.ndarray,
-    cand_boxes: np.ndarray,
-    cand_scores: np.ndarray,
-    gt_case: np.ndarray,
-    gt_boxes: np.ndarray,
-    num_cases: int,
-    *,
-    hit: str = "iou3d",
-    iou_thresh: float = 0.5,
-    duplicates: str = "ignore",
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Match candidates to masses of the same case.
-
-    Args:
-        cand_case: [M] int, case index of each candidate.
-        cand_boxes: [M, 6] as x0, y0, z0, x1, y1, z1, half-open voxel indices.
-        cand_scores: [M] float.
-        gt_case: [G] int, case index of each mass, non-decreasing.
-        gt_boxes: [G, 6] like ``cand_boxes``.
-        num_cases: number of case indices.
-        hit, iou_thresh, duplicates: see the module docstring.
-
-    Returns:
-        ``(is_fp [M] bool, lesion_score [G] float)``: whether each candidate is a false positive,
-        and the score at which each mass is detected (``-inf`` when missed).
-    """
-    if hit not in HIT_CRITERIA:
-        raise ValueError(f"hit must be one of {HIT_CRITERIA}, got {hit!r}")
-    if duplicates not in DUPLICATE_MODES:
-        raise ValueError(f"duplicates must be one of {DUPLICATE_MODES}, got {duplicates!r}")
-    m = cand_scores.shape[0]
-    gcount = np.bincount(gt_case, minlength=num_cases)
-    gstart = np.cumsum(gcount) - gcount
-    hit_c, hit_g = [], []
-    for c, g in _pairs_chunked(np.arange(m), gstart[cand_case], gcount[cand_case]):
-        ok = _hits(cand_boxes[c], gt_boxes[g], hit, iou_thresh)
-        hit_c.append(c[ok])
-        hit_g.append(g[ok])
-    hit_c = np.concatenate(hit_c) if hit_c else np.zeros(0, np.int64)
-    hit_g = np.concatenate(hit_g) if hit_g else np.zeros(0, np.int64)
-
-    lesion_score = np.full(gt_case.shape[0], -np.inf)
-    np.maximum.at(lesion_score, hit_g, cand_scores[hit_c])
-    if duplicates == "ignore":
-        is_fp = np.ones(m, dtype=bool)
-        is_fp[hit_c] = False
-        return is_fp, lesion_score
-    # Top hit per mass: sort hit pairs by (mass, -score, box) and take the first of each mass.
-    b = cand_boxes[hit_c]
-    order = np.lexsort(tuple(b[:, k] for k in range(5, -1, -1)) + (-cand_scores[hit_c], hit_g))
-    hit_c, hit_g = hit_c[order], hit_g[order]
-    first = np.r_[True, hit_g[1:] != hit_g[:-1]] if hit_g.size else np.zeros(0, bool)
-    is_fp = np.ones(m, dtype=bool)
-    is_fp[hit_c[first]] = False
-    return is_fp, lesion_score
 
 
 # ----------------------------------------------------------------------------- curve maths
@@ -393,7 +255,10 @@ def curve_sensitivity(curve: Mapping[str, Sequence[float]], fps: Sequence[float]
 
 
 def check_froc_params(
-    hit: str = "iou3d", iou_thresh: float = 0.5, duplicates: str = "ignore", bootstrap: int = 0
+    hit: str = FROCParams.hit,
+    iou_thresh: float = FROCParams.iou_thresh,
+    duplicates: str = FROCParams.duplicates,
+    bootstrap: int = 0,
 ) -> None:
     """Validate FROC parameters; raise :class:`FROCInputError` naming the bad value.
 
@@ -420,10 +285,10 @@ def check_froc_params(
 def compute_froc(
     candidates: Candidates,
     ground_truth_cases: Sequence[Mapping[str, Any]],
-    hit: str = "iou3d",
-    iou_thresh: float = 0.5,
-    duplicates: str = "ignore",
-    bootstrap: int = 1000,
+    hit: str = FROCParams.hit,
+    iou_thresh: float = FROCParams.iou_thresh,
+    duplicates: str = FROCParams.duplicates,
+    bootstrap: int = FROCParams.bootstrap,
     seed: int = 0,
     rates: Sequence[float] = FP_RATES,
 ) -> Dict[str, Any]:
@@ -453,12 +318,12 @@ def compute_froc(
             ground truth, or a candidate of a case that is not among ``ground_truth_cases``.
     """
     check_froc_params(hit, iou_thresh, duplicates, bootstrap)
-    cands = _as_candidate_arrays(candidates)
-    case_ids, gt_case, gt_boxes = _ground_truth_arrays(ground_truth_cases)
+    cands = as_candidate_arrays(candidates)
+    case_ids, gt_case, gt_boxes = ground_truth_arrays(ground_truth_cases)
     n = len(case_ids)
     if n == 0:
         raise FROCInputError("no cases to evaluate")
-    cand_case = _map_cases(cands, case_ids)
+    cand_case = candidate_case_index(cands, case_ids)
     is_fp, lesion_score = match_candidates(
         cand_case,
         cands.boxes,
@@ -512,20 +377,6 @@ def compute_froc(
     if bootstrap > 0:
         result["ci95"] = _bootstrap_ci(events, lesions_per_case, rates, bootstrap, seed)
     return result
-
-
-def _map_cases(cands: CandidateArrays, case_ids: List[str]) -> np.ndarray:
-    """[M] index of each candidate's case in ``case_ids``; error names the first stray one."""
-    lookup = {c: i for i, c in enumerate(case_ids)}
-    table = np.array([lookup.get(c, -1) for c in cands.case_ids], dtype=np.int64)
-    cand_case = table[cands.case_index] if len(cands) else np.zeros(0, np.int64)
-    if (cand_case < 0).any():
-        i = int(np.flatnonzero(cand_case < 0)[0])
-        name = cands.case_ids[cands.case_index[i]]
-        raise FROCInputError(
-            f"candidate #{i} (case {name!r}): case is not among the evaluated ground-truth cases"
-        )
-    return cand_case
 
 
 def _thresholds_at(
@@ -590,279 +441,3 @@ def _keyed(rates: Sequence[float], values: Sequence[Any]) -> Dict[str, Any]:
         rate_key(r): float(v) if isinstance(v, (float, np.floating)) else v
         for r, v in zip(rates, values)
     }
-
-
-# ----------------------------------------------------------------------------- folds
-
-
-def aggregate_folds(
-    results: Sequence[Mapping[str, Any]],
-    names: Optional[Sequence[str]] = None,
-    pooled: Optional[Mapping[str, Any]] = None,
-) -> Dict[str, Any]:
-    """Summarise per-fold FROC results (``froc.json`` dicts).
-
-    Args:
-        results: one :func:`compute_froc` result per fold.
-        names: fold names (default ``fold0``, ``fold1``, ...).
-        pooled: optional FROC over all folds' cases pooled, included as ``"pooled"``.
-
-    Returns:
-        ``{"folds": [{"name", "num_cases", "num_lesions", "sensitivity_at", "cpm",
-        "cpm_interp"}], "mean_curve": {"fp_per_case", "sensitivity", "sd"} (mean across folds
-        of each fold's step curve on the common FP grid), "mean": {...}, "sd": {...} (sample
-        standard deviation, ddof=1; 0 for a single fold), "pooled"}``.
-    """
-    if not results:
-        raise FROCInputError("no fold results to aggregate")
-    names = list(names) if names is not None else [f"fold{k}" for k in range(len(results))]
-    rates = list(results[0]["sensitivity_at"])
-    folds = []
-    grid_sens = []
-    for name, res in zip(names, results):
-        missing = [k for k in rates if k not in res["sensitivity_at"]]
-        if missing:
-            raise FROCInputError(f"{name}: no sensitivity at {missing[0]} FP per case")
-        folds.append(
-            {
-                "name": name,
-                "num_cases": res["num_cases"],
-                "num_lesions": res["num_lesions"],
-                "sensitivity_at": {k: _num(res["sensitivity_at"][k]) for k in rates},
-                "cpm": _num(res["cpm"]),
-                "cpm_interp": _num(res.get("cpm_interp")),
-            }
-        )
-        grid_sens.append(curve_sensitivity(res["curve"], FP_GRID))
-    table = np.array(
-        [[f["sensitivity_at"][k] for k in rates] + [f["cpm"], f["cpm_interp"]] for f in folds],
-        dtype=np.float64,
-    )
-    mean = table.mean(axis=0)
-    sd = table.std(axis=0, ddof=1) if len(folds) > 1 else np.zeros_like(mean)
-    grid_sens = np.array(grid_sens)
-    grid_sd = grid_sens.std(axis=0, ddof=1) if len(folds) > 1 else np.zeros(len(FP_GRID))
-    return {
-        "folds": folds,
-        "mean_curve": {
-            "fp_per_case": list(FP_GRID),
-            "sensitivity": grid_sens.mean(axis=0).tolist(),
-            "sd": grid_sd.tolist(),
-        },
-        "fold_curves": [dict(r["curve"], name=n) for n, r in zip(names, results)],
-        "mean": _summary(rates, mean),
-        "sd": _summary(rates, sd),
-        "pooled": dict(pooled) if pooled is not None else None,
-    }
-
-
-def _num(value: Any) -> float:
-    return float("nan") if value is None else float(value)
-
-
-def _summary(rates: Sequence[str], row: np.ndarray) -> Dict[str, Any]:
-    r = len(rates)
-    return {
-        "sensitivity_at": {k: float(v) for k, v in zip(rates, row[:r])},
-        "cpm": float(row[r]),
-        "cpm_interp": float(row[r + 1]),
-    }
-
-
-def evaluate_fold_dirs(
-    fold_dirs: Sequence[str],
-    ground_truth: Optional[str] = None,
-    bootstrap: int = 1000,
-    seed: int = 0,
-) -> Dict[str, Any]:
-    """Aggregate fold output folders and compute the FROC pooled over all their cases.
-
-    Each folder holds ``froc.json`` (its ``case_ids``, ``params`` and ``inputs``) and the
-    candidates, ``candidates.json`` in the folder or the path recorded in ``inputs``. Ground
-    truth: ``ground_truth`` if given, else each fold's recorded ``inputs.ground_truth``.
-
-    Returns:
-        :func:`aggregate_folds` output with ``"pooled"`` set.
-
-    Raises:
-        FROCInputError: missing files, folds with different hit criteria, or a case evaluated in
-            two folds.
-    """
-    results, names = [], []
-    all_cands: List[Any] = []
-    all_cases: List[Mapping[str, Any]] = []
-    owner: Dict[str, str] = {}
-    gt_cache: Dict[str, List[Mapping[str, Any]]] = {}
-    for d in fold_dirs:
-        res = _load_json(os.path.join(d, "froc.json"))
-        if not isinstance(res, dict) or "case_ids" not in res or "curve" not in res:
-            raise FROCInputError(f"{d}/froc.json is not a FROC result of this tool")
-        if results and res.get("params") != results[0].get("params"):
-            raise FROCInputError(
-                f"{d}: FROC parameters {res.get('params')} differ from {fold_dirs[0]}'s "
-                f"{results[0].get('params')}"
-            )
-        inputs = res.get("inputs") or {}
-        gt_path = ground_truth or inputs.get("ground_truth")
-        if not gt_path:
-            raise FROCInputError(f"{d}/froc.json records no ground truth: pass --ground-truth")
-        if gt_path not in gt_cache:
-            gt_cache[gt_path] = load_cases_json(gt_path)
-        for cid in res["case_ids"]:
-            if cid in owner:
-                raise FROCInputError(f"case {cid!r} is evaluated in both {owner[cid]} and {d}")
-            owner[cid] = d
-        all_cases.extend(subset_cases(gt_cache[gt_path], res["case_ids"]))
-        cand_path = os.path.join(d, "candidates.json")
-        if not os.path.exists(cand_path):
-            cand_path = inputs.get("candidates") or cand_path
-        all_cands.extend(load_candidates_json(cand_path))
-        results.append(res)
-        names.append(os.path.basename(os.path.normpath(d)))
-    params = results[0].get("params", {})
-    pooled = compute_froc(all_cands, all_cases, bootstrap=bootstrap, seed=seed, **params)
-    return aggregate_folds(results, names=names, pooled=pooled)
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def _load_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise FROCInputError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise FROCInputError(f"{path}: {e.strerror or e}") from None
-
-
-def load_candidates_json(path: str, as_arrays: bool = False) -> Candidates:
-    """Load and validate a candidates JSON file.
-
-    Returns:
-        The list of candidate dicts, or :class:`CandidateArrays` when ``as_arrays``.
-
-    Raises:
-        FROCInputError: unreadable file or a malformed entry (named with its index and case).
-    """
-    data = _load_json(path)
-    try:
-        arrays = CandidateArrays.from_dicts(data)
-    except FROCInputError as e:
-        raise FROCInputError(f"{path}: {e}") from None
-    return arrays if as_arrays else data
-
-
-def load_cases_json(path: str) -> List[Dict[str, Any]]:
-    """Load and validate ``cases.json``; returns its ``"cases"`` list.
-
-    Raises:
-        FROCInputError: unreadable file, no ``"cases"`` list, or a malformed case (named).
-    """
-    data = _load_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
-        raise FROCInputError(f"{path}: expected {{\"cases\": [...]}} (the converter's cases.json)")
-    try:
-        _ground_truth_arrays(data["cases"])
-    except FROCInputError as e:
-        raise FROCInputError(f"{path}: {e}") from None
-    return data["cases"]
-
-
-def save_froc(
-    result: Mapping[str, Any],
-    output_dir: str,
-    *,
-    candidates: Optional[Candidates] = None,
-    detections: Optional[Sequence[Mapping[str, Any]]] = None,
-    plot: bool = True,
-) -> List[str]:
-    """Write ``froc.json``, ``froc.csv``, ``froc.png`` (and candidates/detections JSON if given).
-
-    Returns:
-        The paths written.
-    """
-    paths = [os.path.join(output_dir, n) for n in ("froc.json", "froc.csv")]
-    write_json_atomic(paths[0], result, indent=1)
-    write_atomic(paths[1], lambda f: f.write(_curve_csv(result["curve"])))
-    if plot:
-        from .plots import plot_froc  # matplotlib only when a figure is wanted
-
-        paths.append(os.path.join(output_dir, "froc.png"))
-        plot_froc(result, paths[-1])
-    if candidates is not None:
-        if isinstance(candidates, CandidateArrays):
-            candidates = candidates.to_dicts()
-        paths.append(os.path.join(output_dir, "candidates.json"))
-        write_json_atomic(paths[-1], candidates)
-    if detections is not None:
-        paths.append(os.path.join(output_dir, "detections.json"))
-        write_json_atomic(paths[-1], detections)
-    return paths
-
-
-def _curve_csv(curve: Mapping[str, Sequence[float]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["threshold", "fp_per_case", "sensitivity"])
-    for row in zip(curve["thresholds"], curve["fp_per_case"], curve["sensitivity"]):
-        writer.writerow(["" if v is None or v != v else repr(float(v)) for v in row])
-    return buf.getvalue()
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    return "n/a" if v is None or v != v else f"{v:.{digits}f}"
-
-
-def format_froc_table(result: Mapping[str, Any]) -> str:
-    """Markdown table of one FROC result: a row per FP rate, then CPM."""
-    ci = result.get("ci95") or {}
-    lines = [
-        f"FROC: {result['num_cases']} cases, {result['num_lesions']} masses, "
-        f"{result['num_candidates']} candidates ({result['params']['hit']}, "
-        f"IoU > {result['params']['iou_thresh']:g}, duplicates {result['params']['duplicates']})",
-        "",
-        "| FP/case | Sensitivity | 95% CI | Threshold | Sens. (interp.) |",
-        "|---:|---:|:---:|---:|---:|",
-    ]
-    for k, s in result["sensitivity_at"].items():
-        lo_hi = (ci.get("sensitivity_at") or {}).get(k)
-        ci_txt = f"{_fmt(lo_hi[0])}–{_fmt(lo_hi[1])}" if lo_hi else "n/a"
-        lines.append(
-            f"| {k} | {_fmt(s)} | {ci_txt} | {_fmt(result['threshold_at'].get(k), 4)} | "
-            f"{_fmt(result['sensitivity_at_interp'].get(k))} |"
-        )
-    cpm_ci = ci.get("cpm")
-    lines.append(
-        f"| **CPM** | {_fmt(result['cpm'])} | "
-        f"{f'{_fmt(cpm_ci[0])}–{_fmt(cpm_ci[1])}' if cpm_ci else 'n/a'} | | "
-        f"{_fmt(result['cpm_interp'])} |"
-    )
-    return "\n".join(lines)
-
-
-def format_folds_table(agg: Mapping[str, Any]) -> str:
-    """Markdown table: a row per fold, mean ± sd across folds, and the pooled FROC."""
-    rates = list(agg["folds"][0]["sensitivity_at"])
-    head = "| Fold | Cases | Masses | " + " | ".join(f"sens@{k}" for k in rates) + " | CPM |"
-    lines = [head, "|---|---:|---:|" + "---:|" * (len(rates) + 1)]
-    for f in agg["folds"]:
-        vals = [_fmt(f["sensitivity_at"][k]) for k in rates] + [_fmt(f["cpm"])]
-        cells = [f["name"], str(f["num_cases"]), str(f["num_lesions"])] + vals
-        lines.append("| " + " | ".join(cells) + " |")
-    mean, sd = agg["mean"], agg["sd"]
-    vals = [f"{_fmt(mean['sensitivity_at'][k])} ± {_fmt(sd['sensitivity_at'][k])}" for k in rates]
-    vals.append(f"{_fmt(mean['cpm'])} ± {_fmt(sd['cpm'])}")
-    n_cases = sum(f["num_cases"] for f in agg["folds"])
-    n_les = sum(f["num_lesions"] for f in agg["folds"])
-    lines.append(f"| mean ± sd | {n_cases} | {n_les} | " + " | ".join(vals) + " |")
-    pooled = agg.get("pooled")
-    if pooled:
-        vals = [_fmt(pooled["sensitivity_at"][k]) for k in rates] + [_fmt(pooled["cpm"])]
-        n_cases, n_les = pooled["num_cases"], pooled["num_lesions"]
-        lines.append(f"| pooled | {n_cases} | {n_les} | {' | '.join(vals)} |")
-    return "\n".join(lines)

@@ -1,6 +1,10 @@
-"""FROC figures (matplotlib's object API with the Agg canvas: no pyplot, no global backend)."""
+"""FROC figures (matplotlib's object API with the Agg canvas: no pyplot, no global backend).
+
+The one home of the FROC figures: one result with its CI band (``froc.png``), the folds of a
+cross-validation (``froc_folds.png``) and several runs side by side (the demo report).
+"""
 import logging
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -8,7 +12,7 @@ from matplotlib.figure import Figure
 
 from ..utils import atomic_path
 
-__all__ = ["plot_froc", "plot_folds"]
+__all__ = ["plot_froc", "plot_folds", "plot_froc_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,4 +106,31 @@ def plot_folds(agg: Mapping[str, Any], path: str) -> None:
         ax.plot(fp, sens, color="k", ls="--", lw=1.5, label="pooled cases")
     _mark(ax, float(_MARK_RATE), agg["mean"]["sensitivity_at"].get(_MARK_RATE), "C3")
     ax.legend(loc="upper left", fontsize="small")
+    _save(fig, path)
+
+
+def plot_froc_runs(
+    runs: Mapping[str, Mapping[str, Any]],
+    path: str,
+    reference: Optional[Tuple[float, float, str]] = None,
+    title: str = "FROC, validation cases",
+) -> None:
+    """Several runs' FROC curves on one log-FP axis, with an optional reference point.
+
+    Args:
+        runs: ``{run name: compute_froc result}`` in legend order.
+        path: PNG file to write.
+        reference: ``(FP per case, sensitivity, label)`` drawn as a star, e.g. a published
+            operating point.
+        title: figure title.
+    """
+    fig, ax = _new_axes(title)
+    for k, (name, res) in enumerate(runs.items()):
+        fp, sens = _curve_xy(res["curve"], 16.0)
+        ax.plot(fp, sens, color=f"C{k % 10}", label=name)
+    if reference is not None:
+        fp_ref, sens_ref, label = reference
+        label = f"{label}: {sens_ref:g} @ {fp_ref:g} FP/case"
+        ax.plot([fp_ref], [sens_ref], "k*", ms=10, label=label)
+    ax.legend(loc="lower right", fontsize="small")
     _save(fig, path)

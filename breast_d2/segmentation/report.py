@@ -9,6 +9,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ..evaluation.tables import MISSING, format_cell, format_mean_sd, markdown_table
 from ..utils import write_atomic
 from .metrics import METRIC_NAMES, summarize
 
@@ -49,27 +50,38 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
     write_atomic(path, write)
 
 
-def _fmt(s: Dict[str, float]) -> str:
-    return "n/a" if s["n"] == 0 else f"{s['mean']:.3f} ± {s['sd']:.3f}"
+def _mean_sd(values: Sequence[float]) -> str:
+    s = summarize(values)
+    return format_mean_sd(s["mean"], s["sd"]) if s["n"] else MISSING
 
 
 def markdown_report(fold_rows: Sequence[dict], title: str = "Breast-region segmentation") -> str:
     """Side-by-side summary (mean ± sd over folds) then one study-style table per run."""
     runs = list(dict.fromkeys(r["run"] for r in fold_rows))
-    by_run = {run: sorted((r for r in fold_rows if r["run"] == run), key=lambda r: r["fold"]) for run in runs}
-    lines = [f"## {title}", "", "Validation cases of each fold, whole volumes; mean ± sd over folds.", ""]
-    lines.append("| Metric | " + " | ".join(runs) + " |")
-    lines.append("|---|" + "---|" * len(runs))
-    for m in METRIC_NAMES:
-        cells = [_fmt(summarize([r[m] for r in by_run[run]])) for run in runs]
-        lines.append(f"| {_METRIC_LABELS[m]} | " + " | ".join(cells) + " |")
+    by_run = {
+        run: sorted((r for r in fold_rows if r["run"] == run), key=lambda r: r["fold"])
+        for run in runs
+    }
+    rows = [
+        [_METRIC_LABELS[m]] + [_mean_sd([r[m] for r in by_run[run]]) for run in runs]
+        for m in METRIC_NAMES
+    ]
+    lines = [
+        f"## {title}",
+        "",
+        "Validation cases of each fold, whole volumes; mean ± sd over folds.",
+        "",
+        markdown_table(["Metric"] + runs, rows),
+    ]
     for run in runs:
-        rows = by_run[run]
+        folds = by_run[run]
+        headers = ["Performance"] + [f"Exp {r['fold'] + 1}" for r in folds] + ["Average"]
+        rows = [
+            [_METRIC_LABELS[m]]
+            + [format_cell(r[m]) for r in folds]
+            + [format_cell(summarize([r[m] for r in folds])["mean"])]
+            for m in METRIC_NAMES
+        ]
         lines += ["", f"### {run}: per fold (Exp k = fold k-1, mean over its validation cases)", ""]
-        lines.append("| Performance | " + " | ".join(f"Exp {r['fold'] + 1}" for r in rows) + " | Average |")
-        lines.append("|---|" + "---|" * (len(rows) + 1))
-        for m in METRIC_NAMES:
-            cells = [f"{r[m]:.3f}" for r in rows]
-            avg = summarize([r[m] for r in rows])["mean"]
-            lines.append(f"| {_METRIC_LABELS[m]} | " + " | ".join(cells) + f" | {avg:.3f} |")
+        lines.append(markdown_table(headers, rows))
     return "\n".join(lines) + "\n"

@@ -1,0 +1,52 @@
+"""Default parameters of 3D merging and FROC: the one place they are written down.
+
+``cfg.TEST.FROC.<FIELD>`` (:mod:`breast_d2.config`), :class:`BreastFROCEvaluator`'s keywords,
+``tools/froc.py``'s flags and the library functions' keyword defaults all read
+:class:`FROCParams`.
+"""
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict
+
+__all__ = ["FROCParams"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FROCParams:
+    """Parameters of merging slice detections into 3D candidates and of the FROC.
+
+    Each field is the config key ``cfg.TEST.FROC.<FIELD in upper case>``.
+
+    Attributes:
+        slice_gap: link detections whose slices differ by at most ``1 + slice_gap`` (1 bridges
+            one slice without a detection).
+        link_iou: ... and whose 2D IoU is at least this.
+        score: candidate score from its members' scores, ``"max"`` or ``"mean"``.
+        score_thresh: slice detections below this score are dropped before merging.
+        hit: hit criterion, ``"iou3d"`` (the study), ``"iou2d"`` or ``"center"``.
+        iou_thresh: a candidate hits a mass when its IoU is strictly greater than this.
+        duplicates: extra hits on a detected mass, ``"ignore"`` (LUNA16) or ``"fp"``
+            (nnDetection, COCO).
+        bootstrap: case resamples for the 95% confidence intervals (0: none).
+    """
+
+    slice_gap: int = 1
+    link_iou: float = 0.3
+    score: str = "max"
+    score_thresh: float = 0.0
+    hit: str = "iou3d"
+    iou_thresh: float = 0.5
+    duplicates: str = "ignore"
+    bootstrap: int = 1000
+
+    def asdict(self) -> Dict[str, Any]:
+        """``{field: value}`` of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def config_keys(cls) -> Dict[str, str]:
+        """``{field: cfg.TEST.FROC key}``, e.g. ``"slice_gap": "SLICE_GAP"``."""
+        return {f.name: f.name.upper() for f in dataclasses.fields(cls)}

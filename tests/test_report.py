@@ -1,0 +1,38 @@
+"""breast_d2.report: the demo / cross-validation REPORT.md with its tables, figure and overlays."""
+import json
+import os
+
+from breast_d2.evaluation.froc import compute_froc, load_cases_json, save_froc
+from breast_d2.report import write_report
+from breast_d2.segmentation.toy import make_toy_converted
+
+
+def _cells(markdown):
+    return [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in markdown.splitlines() if line.startswith("|")]
+
+
+def test_write_report_tables_figure_and_overlay(tmp_path):
+    data = tmp_path / "data"
+    make_toy_converted(str(data), num_cases=2, num_slices=4, height=32, width=32)
+    cases = json.loads((data / "cases.json").read_text())
+    cases["cases"][0]["boxes"] = [[4, 4, 1, 12, 12, 3]]
+    (data / "cases.json").write_text(json.dumps(cases))
+    cands = [{"case_id": "TOY0000", "box": [4, 4, 1, 12, 12, 3], "score": 0.9, "slices": 2},
+             {"case_id": "TOY0001", "box": [0, 0, 0, 5, 5, 2], "score": 0.4, "slices": 2}]
+    res = compute_froc(cands, load_cases_json(str(data / "cases.json")), bootstrap=20)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_froc(res, str(run), candidates=cands, plot=False)
+    out = tmp_path / "report"
+    out.mkdir()
+    path = write_report(str(out / "REPORT.md"), "Toy report", {"masked": str(run)}, str(data),
+                        step_times={"train": 12.4})
+    rows = _cells(open(path).read())
+    header = rows[0]
+    assert header[:3] == ["run", "cases", "masses"] and header[-2:] == ["CPM", "95% CI sens@3.4"]
+    masked = rows[2]
+    assert masked[:3] == ["masked", "2", "1"]
+    assert masked[header.index("sens@3.4")] == "1.000" and masked[header.index("CPM")] == "1.000"
+    assert ["train", "12"] in rows
+    assert sorted(os.listdir(out)) == ["REPORT.md", "froc_runs.png", "overlay_TOY0000.png"]
