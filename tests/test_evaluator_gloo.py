@@ -26,7 +26,7 @@ from breast_d2.data.convert import convert_cohort
 from breast_d2.data.phantom import write_cohort
 from breast_d2.engine import BreastCheckpointer, load_breast_config
 from breast_d2.evaluation import BreastFROCEvaluator, compute_froc, merge_slice_detections
-from breast_d2.utils import jsonable, write_json_atomic
+from breast_d2.fileio import jsonable, write_json_atomic
 from test_evaluator import CASES, DETECTIONS, SIZE, SLICES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

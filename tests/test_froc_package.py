@@ -47,7 +47,7 @@ def test_froc_module_re_exports_the_public_api():
     ns = {}
     exec("from breast_d2.evaluation.froc import *", ns)
     assert set(froc.__all__) <= set(ns)
-    assert "write_json_atomic" not in froc.__all__  # file helpers come from breast_d2.utils
+    assert "write_json_atomic" not in froc.__all__  # file helpers come from breast_d2.fileio
     with pytest.raises(AttributeError):
         froc.no_such_name
 
@@ -153,7 +153,7 @@ def _result(sens34, cpm):
 def test_report_froc_table_and_figure(tmp_path):
     pytest.importorskip("cv2")
     from breast_d2.evaluation.plots import plot_froc_runs
-    from breast_d2.report import froc_table
+    from breast_d2.job_report import froc_table
 
     res = _result(0.5, 0.5)
     md = froc_table({"masked": res, "plain": dict(res, ci95=None)})

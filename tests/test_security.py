@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from breast_d2.utils import path_inside
+from breast_d2.fileio import path_inside
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")

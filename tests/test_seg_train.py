@@ -22,7 +22,7 @@ from breast_d2.segmentation import (
     unletterbox,
 )
 from breast_d2.segmentation.data import has_gt_mask, split_by_gt_mask
-from breast_d2.segmentation.toy import make_toy_converted
+from toy_converted import make_toy_converted
 
 torch.set_num_threads(2)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

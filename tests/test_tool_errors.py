@@ -12,7 +12,7 @@ import torch
 
 from breast_d2.data.converted import read_fold
 from breast_d2.segmentation import build_model
-from breast_d2.segmentation.toy import make_toy_converted
+from toy_converted import make_toy_converted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
@@ -304,7 +304,7 @@ def test_crafted_case_id_does_not_escape_the_data_folder(tmp_path, capsys):
 
 def test_report_overlay_names_stay_in_the_output_folder(tmp_path):
     from breast_d2.data.errors import CohortError
-    from breast_d2.report import write_overlays
+    from breast_d2.job_report import write_overlays
 
     data = tmp_path / "data"
     make_toy_converted(str(data), num_cases=2, num_slices=4, height=32, width=32)

@@ -30,7 +30,7 @@ from breast_d2.jobs import (
     segmentation_steps,
     tool_command,
 )
-from breast_d2.report import write_report
+from breast_d2.job_report import write_report
 
 DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "frcnn_cpu_demo.yaml")
 

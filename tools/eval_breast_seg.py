@@ -47,7 +47,7 @@ from breast_d2.segmentation.data import (
     load_case_images,
     split_by_gt_mask,
 )
-from breast_d2.utils import ensure_writable_dir, write_atomic
+from breast_d2.fileio import ensure_writable_dir, write_atomic
 
 logger = logging.getLogger("eval_breast_seg")
 

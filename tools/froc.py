@@ -40,7 +40,7 @@ from breast_d2.evaluation.froc import (
     subset_cases,
 )
 from breast_d2.evaluation.plots import plot_folds
-from breast_d2.utils import write_atomic, write_json_atomic
+from breast_d2.fileio import write_atomic, write_json_atomic
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ from breast_d2.engine import (
     resolve_weights,
 )
 from breast_d2.inference import CaseDetector, candidate_label_volume
-from breast_d2.utils import atomic_path, ensure_writable_dir, write_json_atomic
+from breast_d2.fileio import atomic_path, ensure_writable_dir, write_json_atomic
 from breast_d2.visualize import case_montage
 
 

@@ -26,7 +26,7 @@ import torch
 from breast_d2.cli import OneLineErrorParser, fail
 from breast_d2.data.converted import check_converted_folder, read_fold
 from breast_d2.segmentation import FoldLeakError, write_fold_masks
-from breast_d2.utils import ensure_writable_dir
+from breast_d2.fileio import ensure_writable_dir
 
 
 def parse_args(argv=None):

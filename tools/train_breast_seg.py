@@ -16,7 +16,7 @@ import torch
 from breast_d2.cli import OneLineErrorParser, fail
 from breast_d2.data.converted import check_converted_folder, read_fold
 from breast_d2.segmentation import ARCHS, SegTrainConfig, train_segmentation
-from breast_d2.utils import ensure_writable_dir, jsonable
+from breast_d2.fileio import ensure_writable_dir, jsonable
 
 EPILOG = """\
 Study settings kept: SGD (momentum 0.9), 50 epochs, batch size 5, horizontal flips, 1 labelled

@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..parallel import run_pool
-from ..utils import atomic_folder, write_json_atomic
+from ..fileio import atomic_folder, write_json_atomic
 from .case_files import find_case_files
 from .duke import SeriesMap, find_collection_root, read_series_map
 from .masks import read_mask_on_grid

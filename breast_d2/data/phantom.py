@@ -45,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..parallel import run_pool
-from ..utils import atomic_folder, atomic_path, write_atomic
+from ..fileio import atomic_folder, atomic_path, write_atomic
 from .boxes import DUKE_COLUMNS, label_boxes, largest_component
 
 __all__ = [

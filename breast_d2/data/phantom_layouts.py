@@ -48,7 +48,7 @@ import SimpleITK as sitk
 from openpyxl import Workbook
 from scipy import ndimage
 
-from ..utils import atomic_folder, atomic_path, write_atomic, write_json_atomic
+from ..fileio import atomic_folder, atomic_path, write_atomic, write_json_atomic
 from .phantom import (
     _STATE_DIR,
     FAT,

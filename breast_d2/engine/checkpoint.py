@@ -15,7 +15,7 @@ from typing import Any, Dict
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-from ..utils import CheckpointError, load_torch_file, one_line
+from ..fileio import CheckpointError, load_torch_file, one_line
 
 __all__ = [
     "CheckpointError",

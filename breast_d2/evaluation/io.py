@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from ..data.converted import read_cases, read_json
 from ..data.errors import CohortError
-from ..utils import write_atomic, write_json_atomic
+from ..fileio import write_atomic, write_json_atomic
 from .candidates import CandidateArrays, FROCInputError
 from .matching import Candidates, ground_truth_arrays
 

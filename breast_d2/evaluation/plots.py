@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..utils import atomic_path
+from ..fileio import atomic_path
 
 __all__ = ["plot_froc", "plot_folds", "plot_froc_runs"]
 

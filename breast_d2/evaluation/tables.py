@@ -3,7 +3,7 @@
 Tables are GitHub/pipe markdown written by ``tabulate``; every cell is formatted here first
 (numbers with a fixed number of decimals, missing values as ``n/a``), so ``tabulate`` never
 re-reads a cell as a number (``disable_numparse``: a rate key such as ``3.4`` stays as written).
-Used by the FROC tools, :mod:`breast_d2.report` and :mod:`breast_d2.segmentation.report`.
+Used by the FROC tools, :mod:`breast_d2.job_report` and :mod:`breast_d2.segmentation.seg_tables`.
 """
 import logging
 from typing import Any, Mapping, Optional, Sequence

@@ -24,7 +24,7 @@ from .predict import (
     verify_fold_masks,
     write_fold_masks,
 )
-from .report import ARCH_LABELS, markdown_report, per_fold_rows, write_csv
+from .seg_tables import ARCH_LABELS, markdown_report, per_fold_rows, write_csv
 from .train import SegTrainConfig, evaluate_cases, train_segmentation
 
 __all__ = [

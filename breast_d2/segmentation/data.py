@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..data.converted import read_cases
 from ..data.errors import check_case_id
-from ..utils import path_inside
+from ..fileio import path_inside
 
 __all__ = [
     "SIZE_DIVISOR",

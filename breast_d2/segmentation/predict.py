@@ -17,7 +17,7 @@ import torch
 
 from ..data.converted import read_cases, read_fold, read_json
 from ..data.errors import check_case_id
-from ..utils import atomic_folder, load_torch_file, path_inside, write_json_atomic
+from ..fileio import atomic_folder, load_torch_file, path_inside, write_json_atomic
 from .data import (
     case_num_slices,
     case_slices,

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.converted import read_cases, read_fold
-from ..utils import atomic_path, write_json_atomic
+from ..fileio import atomic_path, write_json_atomic
 from .data import (
     BreastSliceDataset,
     case_num_slices,

@@ -10,7 +10,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from ..evaluation.tables import MISSING, format_cell, format_mean_sd, markdown_table
-from ..utils import write_atomic
+from ..fileio import write_atomic
 from .metrics import METRIC_NAMES, summarize
 
 __all__ = ["ARCH_LABELS", "per_fold_rows", "write_csv", "markdown_report"]

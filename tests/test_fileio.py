@@ -6,7 +6,7 @@ import stat
 import numpy as np
 import pytest
 
-from breast_d2.utils import atomic_folder, atomic_path, write_atomic, write_json_atomic
+from breast_d2.fileio import atomic_folder, atomic_path, write_atomic, write_json_atomic
 
 
 def test_failed_write_leaves_nothing(tmp_path):

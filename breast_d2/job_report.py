@@ -12,7 +12,7 @@ from .data.errors import check_case_id
 from .evaluation.froc import FP_RATES, load_candidates_json, rate_key
 from .evaluation.plots import plot_froc_runs
 from .evaluation.tables import format_cell, format_range, markdown_table
-from .utils import atomic_path, path_inside, write_atomic
+from .fileio import atomic_path, path_inside, write_atomic
 from .visualize import case_montage
 
 __all__ = ["froc_table", "write_overlays", "write_report", "STUDY_SENS_AT_3_4"]

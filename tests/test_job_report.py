@@ -1,10 +1,10 @@
-"""breast_d2.report: the demo / cross-validation REPORT.md with its tables, figure and overlays."""
+"""breast_d2.job_report: the demo / cross-validation REPORT.md with its tables, figure and overlays."""
 import json
 import os
 
 from breast_d2.evaluation.froc import compute_froc, load_cases_json, save_froc
-from breast_d2.report import write_report
-from breast_d2.segmentation.toy import make_toy_converted
+from breast_d2.job_report import write_report
+from toy_converted import make_toy_converted
 
 
 def _cells(markdown):
