@@ -117,7 +117,10 @@ def main():
     rng = np.random.default_rng(0)
     model, s_per_iter = time_training(cfg, args.iters, args.warmup, rng)
     detect_s, merge_s = time_case_inference(cfg, model, args.slices, args.batch, rng)
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    if args.device.startswith("cuda"):
+        device_name = torch.cuda.get_device_name()
+    else:
+        device_name = platform.processor() or "cpu"
     result = {
         "config": args.config_file, "device": device_name, "threads": torch.get_num_threads(),
         "depth": cfg.MODEL.RESNETS.DEPTH, "train_size": cfg.INPUT.MIN_SIZE_TRAIN[0],

@@ -15,11 +15,11 @@ def add_breast_config(cfg: CN) -> None:
 
 
 def _add_dataset_config(cfg: CN) -> None:
-    # Folder written by tools/convert_to_coco.py; "" means $BREAST_D2_DATA, else datasets/phantom_coco.
+    # Folder written by tools/convert_to_coco.py; "" = $BREAST_D2_DATA, else datasets/phantom_coco.
     cfg.DATASETS.BREAST_ROOT = ""
     # Patient-level fold K: DATASETS.TRAIN/TEST are set to breast_fold{K}_train/_val when K >= 0.
     cfg.DATASETS.FOLD = -1
-    # Train only on slices that contain a mass (as the study did); validation always sees every slice.
+    # Train only on slices that contain a mass (as the study did); validation sees every slice.
     cfg.DATALOADER.POSITIVE_SLICES_ONLY = True
 
 
@@ -27,7 +27,7 @@ def _add_mask_config(cfg: CN) -> None:
     cfg.INPUT.BREAST_MASK = CN()
     # Zero every pixel outside the breast region before augmentation (the study's preprocessing).
     cfg.INPUT.BREAST_MASK.ENABLED = False
-    # Where masks come from: "cached" (PNG folder DIR), "gt" (<root>/masks/gt), "model" (run WEIGHTS).
+    # Where masks come from: "cached" (PNG folder DIR), "gt" (<root>/masks/gt), "model" (WEIGHTS).
     cfg.INPUT.BREAST_MASK.SOURCE = "cached"
     # Folder of <case_id>/<z:04d>.png masks for SOURCE=cached; "" means <root>/masks/fold{K}.
     cfg.INPUT.BREAST_MASK.DIR = ""
@@ -40,7 +40,7 @@ def _add_mask_config(cfg: CN) -> None:
 def _add_solver_config(cfg: CN) -> None:
     # Train for this many epochs over the training set; > 0 overrides SOLVER.MAX_ITER at setup.
     cfg.SOLVER.EPOCHS = 0
-    # Multiply the LR by SOLVER.GAMMA every EPOCH_DECAY epochs (the study: 10); 0 keeps SOLVER.STEPS.
+    # Multiply the LR by SOLVER.GAMMA every EPOCH_DECAY epochs (study: 10); 0 keeps SOLVER.STEPS.
     cfg.SOLVER.EPOCH_DECAY = 0
 
 

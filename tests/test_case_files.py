@@ -68,7 +68,7 @@ def test_duke_supplement_per_case_folders(tmp):
         case = f"Breast_MRI_{n:03d}"
         paths[case] = _touch(tmp, case, f"Segmentation_{case}_Breast.seg.nrrd")
         _touch(tmp, case, f"Segmentation_{case}_Dense_and_Vessels.seg.nrrd")
-    _touch(tmp, "Breast_MRI_003", f"Segmentation_Breast_MRI_003_Dense_and_Vessels.seg.nrrd")
+    _touch(tmp, "Breast_MRI_003", "Segmentation_Breast_MRI_003_Dense_and_Vessels.seg.nrrd")
     found = find_case_files(tmp, ["Breast_MRI_001", "Breast_MRI_002", "Breast_MRI_003"])
     assert found.paths == {c: paths[c] for c in ("Breast_MRI_001", "Breast_MRI_002")}
     assert found.orphans == [("Breast_MRI_005", paths["Breast_MRI_005"])]

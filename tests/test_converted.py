@@ -7,8 +7,9 @@ import pytest
 from breast_d2.data.converted import check_converted_folder, read_cases, read_fold, read_splits
 from breast_d2.data.errors import CohortError
 
-SPLITS = {"num_folds": 2, "seed": 0, "folds": [{"fold": 0, "train": ["A"], "val": ["B"]},
-                                               {"fold": 1, "train": ["B"], "val": ["A"]}]}  # fmt: skip
+SPLITS = {"num_folds": 2, "seed": 0,
+          "folds": [{"fold": 0, "train": ["A"], "val": ["B"]},
+                    {"fold": 1, "train": ["B"], "val": ["A"]}]}  # fmt: skip
 
 
 def _write(folder, name, obj):

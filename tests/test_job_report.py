@@ -1,4 +1,4 @@
-"""breast_d2.job_report: the demo / cross-validation REPORT.md with its tables, figure and overlays."""
+"""breast_d2.job_report: the demo / cross-validation REPORT.md, its tables, figure and overlays."""
 import json
 import os
 

@@ -171,7 +171,7 @@ def test_dicom_reads_back_as_the_phantom(duke):
     out, _, meta = duke
     for rec in meta["cases"]:
         case = _case(meta, rec)
-        assert [list(l.box) for l in case.lesions] == rec["boxes"]
+        assert [list(lesion.box) for lesion in case.lesions] == rec["boxes"]
         seen = set()
         for s in rec["series"]:
             if s["role"] in ("localizer", "T1"):

@@ -58,14 +58,16 @@ def test_shape_mismatch():
 
 def test_summarize_ignores_nan():
     s = summarize([0.9, float("nan"), 0.7])
-    assert s["n"] == 2 and s["mean"] == pytest.approx(0.8) and s["sd"] == pytest.approx(np.std([0.9, 0.7], ddof=1))
+    assert s["n"] == 2 and s["mean"] == pytest.approx(0.8)
+    assert s["sd"] == pytest.approx(np.std([0.9, 0.7], ddof=1))
     assert summarize([0.5]) == {"mean": 0.5, "sd": 0.0, "n": 1}
     assert summarize([])["n"] == 0
 
 
 def test_per_fold_and_markdown():
     rows = [
-        {"run": "U-Net", "arch": "unet", "fold": f, "case_id": c, "dsc": d, "jaccard": d - 0.1, "ss": d}
+        {"run": "U-Net", "arch": "unet", "fold": f, "case_id": c, "dsc": d, "jaccard": d - 0.1,
+         "ss": d}
         for f, c, d in [(0, "A", 0.9), (0, "B", 0.8), (1, "C", 0.7)]
     ] + [{"run": "U-Net++", "arch": "unetplusplus", "fold": 0, "case_id": "A", "dsc": 0.95,
           "jaccard": 0.9, "ss": 0.9}]

@@ -2,7 +2,8 @@
 """
 Patient-level k-fold cross-validation of the whole pipeline, resumable.
 
-    python tools/cross_validate.py --config-file configs/frcnn_r101.yaml --data datasets/phantom_coco
+    python tools/cross_validate.py --config-file configs/frcnn_r101.yaml \\
+        --data datasets/phantom_coco
 
 For every fold K: train the breast segmentation model without fold K's validation cases, write
 fold-correct breast masks (tools/predict_breast_masks.py), train the detector on masked slices

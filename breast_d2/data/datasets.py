@@ -68,7 +68,7 @@ def load_breast_json(json_file: str, image_root: str, name: Optional[str] = None
 def register_breast_folds(
     root: Optional[str] = None, num_folds: int = 5, prefix: str = "breast"
 ) -> List[str]:
-    """Register ``{prefix}_fold{K}_train`` / ``_val`` for a converted folder (re-registers if taken).
+    """Register ``{prefix}_fold{K}_train`` / ``_val`` of a converted folder (re-registers if taken).
 
     Args:
         root: converted folder; ``None`` uses :func:`default_data_root`. It need not exist yet:

@@ -1,4 +1,5 @@
-"""Breast-region segmentation: U-Net++ (deep supervision) and U-Net, losses, training, metrics, masks.
+"""Breast-region segmentation: U-Net++ (deep supervision) and U-Net, losses, training, metrics,
+masks.
 
 The detection side uses :class:`BreastMaskPredictor` (``INPUT.BREAST_MASK.SOURCE=model``) and
 the fold-correct mask folders written by :func:`write_fold_masks`.

@@ -97,7 +97,8 @@ def list_slices(folder: str) -> List[int]:
     """Sorted slice indices z of the ``<z:04d>.png`` files in ``folder`` ([] when missing)."""
     if not os.path.isdir(folder):
         return []
-    return sorted(int(n[:-4]) for n in os.listdir(folder) if n.endswith(".png") and n[:-4].isdigit())
+    names = (n[:-4] for n in os.listdir(folder) if n.endswith(".png"))
+    return sorted(int(n) for n in names if n.isdigit())
 
 
 def labelled_slices(num_slices: int, label_every: int) -> List[int]:
@@ -182,7 +183,7 @@ def load_case_images(
 
 
 def load_case_gt(data_root: str, case_id: str, zs: Sequence[int]) -> np.ndarray:
-    """Ground-truth breast mask ``[Z, H, W]`` bool for slices ``zs`` (error naming a missing slice)."""
+    """Ground-truth breast mask ``[Z, H, W]`` bool for slices ``zs`` (error names a missing one)."""
     folder = case_dir(data_root, os.path.join("masks", "gt"), case_id)
     out = []
     for z in zs:
@@ -246,7 +247,7 @@ def unletterbox(prob: np.ndarray, meta: LetterboxMeta) -> np.ndarray:
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``[N, H, W, C]`` uint8 -> ``[N, C, H, W]`` float32 in [0, 1] (the network's input scaling)."""
+    """``[N, H, W, C]`` uint8 -> ``[N, C, H, W]`` float32 in [0, 1] (the network's input scale)."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 

@@ -1,4 +1,5 @@
-"""Segmentation losses of the reference study: BCE (U-Net) and BCE + Dice with deep supervision (U-Net++).
+"""Segmentation losses of the reference study: BCE (U-Net) and BCE + Dice with deep supervision
+(U-Net++).
 
 All functions take logits (before the sigmoid) ``[N, 1, H, W]`` and binary float targets of
 the same shape, and return a scalar tensor.

@@ -1,4 +1,5 @@
-"""U-Net++ (with deep supervision) and U-Net breast-region models built on segmentation-models-pytorch.
+"""U-Net++ (with deep supervision) and U-Net breast-region models built on
+segmentation-models-pytorch.
 
 Deep supervision follows U-Net++ (Zhou et al. 2018) and the reference study: a 1x1 convolution
 head on each nested node of the top (highest-resolution) decoder row, X0,1 ... X0,4 for a
@@ -70,7 +71,9 @@ class BreastSegModel(nn.Module):
         names = [f"x_{depth - 1 - k}_{depth - 2}" for k in range(1, depth)]
         missing = [n for n in names if n not in blocks]
         if missing:
-            raise RuntimeError(f"SMP UnetPlusPlusDecoder has no blocks {missing}; SMP changed layout")
+            raise RuntimeError(
+                f"SMP UnetPlusPlusDecoder has no blocks {missing}; SMP changed its layout"
+            )
         for name in names:
             self.aux_heads.append(nn.Conv2d(_last_conv_channels(blocks[name]), 1, kernel_size=1))
             blocks[name].register_forward_hook(self._make_tap(name))

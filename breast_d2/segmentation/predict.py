@@ -168,7 +168,9 @@ class BreastMaskPredictor:
             images = images[..., ::-1]
         return predict_proba(self.model, images, self.input_size, self.batch_size, self.device)
 
-    def _post(self, mask: np.ndarray, dilation_mm: float, spacing_xy: Sequence[float]) -> np.ndarray:
+    def _post(
+        self, mask: np.ndarray, dilation_mm: float, spacing_xy: Sequence[float]
+    ) -> np.ndarray:
         return postprocess_mask(
             mask, self.min_component_fraction, self.fill_holes, dilation_mm, spacing_xy
         )
