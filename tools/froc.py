@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 
-from breast_d2.cli import OneLineErrorParser
+from breast_d2.cli import OneLineErrorParser, setup_tool_logging
 from breast_d2.data.converted import fold_case_ids, read_splits
 from breast_d2.evaluation.folds import evaluate_fold_dirs
 from breast_d2.evaluation.froc import (
@@ -110,7 +110,7 @@ def run_folds(args) -> str:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_tool_logging(logging.WARNING)
     try:
         table = run_folds(args) if args.folds else run_single(args)
     except (ValueError, OSError, KeyError, TypeError) as e:  # FROCInputError is a ValueError
