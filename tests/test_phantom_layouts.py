@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from breast_d2.data import phantom as ph
-from breast_d2.data import phantom_layouts as pl
+from breast_d2.data.phantom import layouts as pl
 from breast_d2.data.boxes import DUKE_COLUMNS, box_to_duke_row
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

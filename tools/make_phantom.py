@@ -13,7 +13,7 @@ MASKS/, LABELS/, boxes.csv, phantom.json) with :func:`breast_d2.data.phantom.wri
 ``--layout duke`` writes a Duke-Breast-Cancer-MRI TCIA download (manifest folder, DICOM series,
 Annotation_Boxes.xlsx, the filepath mapping, breast masks as NRRD) and ``--layout mama-mia`` the
 MAMA-MIA download (images/, segmentations/, tables), both with
-:mod:`breast_d2.data.phantom_layouts`. Same seed, same bytes; rerunning with the same arguments
+:mod:`breast_d2.data.phantom.layouts`. Same seed, same bytes; rerunning with the same arguments
 skips finished cases. Bad arguments stop with one line ``error: ...`` on stderr and exit code 2.
 """
 import argparse
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from breast_d2.cli import OneLineErrorParser, setup_tool_logging
 from breast_d2.data.phantom import write_cohort
-from breast_d2.data.phantom_layouts import write_duke_layout, write_mama_mia_layout
+from breast_d2.data.phantom.layouts import write_duke_layout, write_mama_mia_layout
 
 LAYOUTS = ("nifti", "duke", "mama-mia")
 

@@ -26,7 +26,7 @@ _LAZY = {
     # convert.py
     "convert_cohort": "convert",
     "make_folds": "convert",
-    # phantom.py
+    # phantom/ (package)
     "make_case": "phantom",
     "write_cohort": "phantom",
     "PhantomCase": "phantom",

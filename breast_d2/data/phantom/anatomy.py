@@ -56,8 +56,6 @@ _SLAB_MM = 96 * 1.4
 # ----------------------------------------------------------------------------------------------
 # Grid and smooth random fields
 # ----------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class _Grid:
     """Voxel grid: shape ``(Z, Y, X)``, spacing/origin ``(x, y, z)`` mm, 1D voxel-centre coords."""
@@ -134,8 +132,6 @@ class _Field:
 # ----------------------------------------------------------------------------------------------
 # Anatomy parameters
 # ----------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class _Thorax:
     """Thorax cross-section (z-invariant): ellipse centre ``(0, yc)``, semi-axes ``wt, ht`` mm."""
@@ -228,8 +224,6 @@ def _sample_breasts(rng: np.random.Generator, th: _Thorax, fov: float) -> List[_
 # ----------------------------------------------------------------------------------------------
 # Static anatomy: tissue map
 # ----------------------------------------------------------------------------------------------
-
-
 def _thorax_depth(grid: _Grid, th: _Thorax) -> np.ndarray:
     """``[Y, X]`` float32 signed depth (mm) below the thorax surface, > 0 inside (first order)."""
     x = grid.axis(0)[None, :]

@@ -70,8 +70,6 @@ def _sample_intensities(rng: np.random.Generator) -> Dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------
 # Enhancement curves (normalised, 0 at t = 0)
 # ----------------------------------------------------------------------------------------------
-
-
 def _curve_wash(t: np.ndarray, tau_in: float, slope: float) -> np.ndarray:
     """Fast wash-in then plateau (``slope ~ 0``) or wash-out (``slope < 0``) over ~600 s."""
     return (1.0 - np.exp(-t / tau_in)) * (1.0 + slope * t / 600.0)

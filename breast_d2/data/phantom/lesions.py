@@ -58,8 +58,6 @@ class Lesion:
 # ----------------------------------------------------------------------------------------------
 # Blobs: masses and lymph nodes (soft-edged, with their own enhancement curve)
 # ----------------------------------------------------------------------------------------------
-
-
 @dataclass
 class _Blob:
     box: Tuple[slice, slice, slice]
