@@ -1,4 +1,4 @@
-"""Tests of the phantom's real download layouts (breast_d2.data.phantom_layouts, make_phantom)."""
+"""Tests of the phantom's real download layouts (breast_d2.data.phantom.layouts, make_phantom)."""
 import csv
 import filecmp
 import importlib.util

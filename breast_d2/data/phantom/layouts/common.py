@@ -33,7 +33,7 @@ _XLSX_STAMP = b"2000-01-01T00:00:00Z"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # "generator" of params.json / phantom.json: the name the layouts were first written under (a
 # resumed run compares it, and the bytes of a cohort do not depend on where the code lives).
-_GENERATOR = "breast_d2.data.phantom_layouts"
+_GENERATOR = "breast_d2.data.phantom.layouts"
 
 
 # ----------------------------------------------------------------------------------------------
