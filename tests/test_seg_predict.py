@@ -1,4 +1,5 @@
 """Tests of breast_d2.segmentation.predict / postprocess and the mask and eval tools."""
+import hashlib
 import importlib.util
 import json
 import os
@@ -128,7 +129,8 @@ def test_leaking_checkpoint_is_refused(toy, capsys):
     leak = _save_ckpt(os.path.join(toy, "leak.pth"), 0, train_ids + val_ids[:1])
     with pytest.raises(FoldLeakError, match=val_ids[0]):
         write_fold_masks(toy, 0, leak, progress=False)
-    code, out = _run_tool("predict_breast_masks", ["--data", toy, "--fold", "0", "--weights", leak], capsys)
+    code, out = _run_tool("predict_breast_masks", ["--data", toy, "--fold", "0", "--weights", leak],
+                          capsys)
     assert code == 2 and len(out.err.strip().splitlines()) == 1
     assert out.err.startswith("error: refusing") and val_ids[0] in out.err
     # the fold-1 model trained on fold 0's validation cases: refused for fold 0 as well
@@ -143,7 +145,8 @@ def test_verify_detects_a_tampered_manifest(toy):
         manifest = json.load(f)
     _, val_ids = read_fold(toy, 1)
     manifest["weights"] = os.path.join(toy, "fold0.pth")  # a model that trained on fold 1's val
-    manifest["weights_sha256"] = __import__("hashlib").sha256(open(manifest["weights"], "rb").read()).hexdigest()
+    with open(manifest["weights"], "rb") as f:
+        manifest["weights_sha256"] = hashlib.sha256(f.read()).hexdigest()
     with open(path, "w") as f:
         json.dump(manifest, f)
     problems = verify_fold_masks(toy, 1)
@@ -182,15 +185,18 @@ def test_eval_tool(toy, capsys):
     rows = [[c.strip() for c in line.strip().strip("|").split("|")]
             for line in res.out.splitlines() if line.startswith("|")]  # cells, padding aside
     assert ["Metric", "U-Net++", "U-Net"] in rows
+    assert "scoring: 100%" in res.err and "8/8" in res.err  # the bar: 4 cases x 2 runs
+    assert not res.err.startswith("error")
     lines = open(os.path.join(out, "seg_per_case.csv")).read().splitlines()
     assert lines[0] == "run,arch,fold,case_id,dsc,jaccard,ss" and len(lines) == 1 + 2 * 4
     assert len(open(os.path.join(out, "seg_per_fold.csv")).read().splitlines()) == 1 + 2 * 2
     leak = os.path.join(toy, "leak.pth")
     _save_ckpt(leak, 0, [c for f in (0, 1) for c in read_fold(toy, f)[1]])
-    code, res = _run_tool("eval_breast_seg", ["--data", toy, "--run", f"unet={leak}", "--folds", "0",
-                                              "--out", out], capsys)
+    code, res = _run_tool("eval_breast_seg", ["--data", toy, "--run", f"unet={leak}", "--folds",
+                                              "0", "--out", out], capsys)
     assert code == 2 and res.err.startswith("error: run unet fold 0")
-    code, res = _run_tool("eval_breast_seg", ["--data", toy, "--run", "nonsense", "--out", out], capsys)
+    code, res = _run_tool("eval_breast_seg", ["--data", toy, "--run", "nonsense", "--out", out],
+                          capsys)
     assert code == 2 and res.err.strip() == "error: --run must be NAME=PATH, got 'nonsense'"
 
 
@@ -274,3 +280,16 @@ def test_eval_tool_scores_only_masked_validation_cases(partial, capsys):
                                               "--folds", "1", "--out", out], capsys)
     assert code == 2 and res.err.strip().splitlines()[-1] == (
         "error: no validation case of the selected folds has a ground-truth breast mask")
+
+
+def test_eval_tool_missing_slice_is_a_one_line_error(partial, capsys):
+    for k in (0, 1):
+        _save_ckpt(os.path.join(partial, f"fold{k}.pth"), k, ["TOY0003"] if k == 0 else [])
+    os.remove(os.path.join(partial, "slices", "TOY0000", "0002.png"))
+    code, res = _run_tool("eval_breast_seg", ["--data", partial, "--run",
+                                              "unet=" + os.path.join(partial, "fold{fold}.pth"),
+                                              "--folds", "0", "--out", os.path.join(partial, "e")],
+                          capsys)  # fmt: skip
+    error = res.err.strip().splitlines()[-1]  # after the progress bar's last state
+    assert code == 2 and error.startswith("error: ") and "0002.png" in error, res.err
+    assert "Traceback" not in res.err

@@ -3,11 +3,14 @@ import importlib.util
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
 
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from breast_d2.data.converted import read_cases, read_fold
 from breast_d2.segmentation import (
@@ -34,6 +37,23 @@ def _cfg(**kw):
                 label_every=2, input_size=32, model_kwargs=TINY)
     base.update(kw)
     return SegTrainConfig(**base)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tool_logging():
+    """A tool sets up the "breast_d2" console logger through detectron2's cached setup_logger,
+    which stops propagation to the root logger that caplog reads: undo that around each test."""
+    from detectron2.utils.logger import setup_logger
+
+    def reset():
+        setup_logger.cache_clear()
+        package = logging.getLogger("breast_d2")
+        package.handlers.clear()
+        package.propagate = True
+
+    reset()
+    yield
+    reset()
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +114,11 @@ def test_training_improves_dsc_and_checkpoint_format(toy):
     assert os.path.isfile(os.path.join(out, "model_last.pth"))
 
     # resume continues the epoch count and keeps the history
-    more = train_segmentation(toy, 0, out, _cfg(epochs=3), os.path.join(out, "model_last.pth"), False)
+    last = os.path.join(out, "model_last.pth")
+    more = train_segmentation(toy, 0, out, _cfg(epochs=3), last, False)
     assert more["epoch"] == 3 and load_checkpoint(os.path.join(out, "model_last.pth"))["epoch"] == 3
     with pytest.raises(ValueError, match="cannot resume"):
-        train_segmentation(toy, 1, out, _cfg(epochs=4), os.path.join(out, "model_last.pth"), False)
+        train_segmentation(toy, 1, out, _cfg(epochs=4), last, False)
 
 
 def test_poly_lr_decays_to_zero_and_val_every_skips_validation(toy):
@@ -127,16 +148,17 @@ def _cli(*args, capsys=None):
 
 
 def test_train_cli_errors(toy, capsys):
-    code, err = _cli("--data", toy, "--fold", "0", "--out", os.path.join(toy, "x"), "--input-size", "50", capsys=capsys)
+    x = os.path.join(toy, "x")
+    code, err = _cli("--data", toy, "--fold", "0", "--out", x, "--input-size", "50", capsys=capsys)
     assert code == 2 and err.strip().splitlines() == [
         "error: --input-size must be 0 or a multiple of 32, got 50"]
-    code, err = _cli("--data", os.path.join(toy, "nope"), "--fold", "0", "--out", os.path.join(toy, "x"), capsys=capsys)
+    code, err = _cli("--data", os.path.join(toy, "nope"), "--fold", "0", "--out", x, capsys=capsys)
     assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
-    code, err = _cli("--data", toy, "--fold", "7", "--out", os.path.join(toy, "x"), capsys=capsys)
+    code, err = _cli("--data", toy, "--fold", "7", "--out", x, capsys=capsys)
     assert code == 2 and "fold 7" in err
-    code, err = _cli("--data", toy, "--fold", "0", "--out", os.path.join(toy, "x"), "--arch", "segnet", capsys=capsys)
+    code, err = _cli("--data", toy, "--fold", "0", "--out", x, "--arch", "segnet", capsys=capsys)
     assert code == 2 and err.startswith("error: ")
-    code, err = _cli("--data", toy, "--fold", "0", "--out", os.path.join(toy, "x"), "--resume", capsys=capsys)
+    code, err = _cli("--data", toy, "--fold", "0", "--out", x, "--resume", capsys=capsys)
     assert code == 2 and "no checkpoint" in err
 
 
@@ -190,3 +212,46 @@ def test_no_validation_masks_means_no_dsc_and_no_best(tmp_path):
     assert os.path.isfile(os.path.join(out, "model_last.pth"))
     assert not os.path.exists(os.path.join(out, "model_best.pth"))
     assert json.load(open(os.path.join(out, "metrics.json")))[0]["val_dsc"] is None
+
+
+def test_tool_writes_tensorboard_events_and_logs_the_eta(toy, capsys):
+    out = os.path.join(toy, "tool_run")
+    argv = ["--data", toy, "--fold", "0", "--out", out, "--encoder", "resnet18",
+            "--encoder-depth", "3", "--decoder-channels", "16,8,8", "--input-size", "32",
+            "--batch-size", "4", "--label-every", "2", "--lr", "0.05"]
+    train = _load_tool("train_breast_seg").main
+    assert train(argv + ["--epochs", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1
+    epoch1 = os.path.join(toy, "epoch1.pth")
+    shutil.copy(os.path.join(out, "model_last.pth"), epoch1)
+    assert train(argv + ["--epochs", "2", "--resume"]) == 0
+    # as if the run above had died after epoch 1: its events from epoch 2 on are replaced
+    assert train(argv + ["--epochs", "3", "--resume", epoch1]) == 0
+    assert len([n for n in os.listdir(out) if n.startswith("events.out.tfevents.")]) == 3
+
+    with open(os.path.join(out, "log.txt")) as f:  # each run appended to it
+        log = f.read()
+    eta = r"val DSC [\d.]+, ([\d.]+) s, ETA (\d+):(\d\d):(\d\d)"
+    assert len(re.findall(r"epoch 1/1: loss [\d.]+, " + eta, log)) == 1, log
+    assert len(re.findall(r"epoch 2/2: loss [\d.]+, " + eta, log)) == 1, log
+    found = re.search(r"epoch 2/3: loss [\d.]+, " + eta, log)
+    seconds, h, m, s = (float(v) for v in found.groups())
+    assert abs(h * 3600 + m * 60 + s - seconds) <= 1.1  # one epoch left, at this run's pace
+    assert re.search(r"epoch 3/3: loss [\d.]+, " + eta, log).groups()[1:] == ("0", "00", "00")
+
+    events = EventAccumulator(out)
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/epoch_loss", "val/dsc"} <= set(
+        events.Tags()["scalars"])
+    # fold 0 trains on 3 cases x 4 labelled slices (8 slices, 1 in every 2): 3 batches of 4
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(9))
+    assert [e.step for e in events.Scalars("val/dsc")] == [2, 5, 8]
+    with open(os.path.join(out, "metrics.json")) as f:
+        history = json.load(f)
+    assert np.allclose([e.value for e in events.Scalars("val/dsc")],
+                       [h["val_dsc"] for h in history], atol=1e-6)
+    assert np.allclose([e.value for e in events.Scalars("train/epoch_loss")],
+                       [h["loss"] for h in history], atol=1e-6)
+    lrs = [e.value for e in events.Scalars("train/lr")]
+    assert np.allclose(lrs, [0.05 * (1 - t / 3) ** 0.9 for t in range(3)]
+                       + [0.05 * (1 - t / 9) ** 0.9 for t in range(3, 9)])  # poly, 3 then 9 its

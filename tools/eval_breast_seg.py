@@ -20,10 +20,19 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any, Dict, List, Tuple
 
 import torch
+from tqdm import tqdm
 
-from breast_d2.cli import OneLineErrorParser, fail
+from breast_d2.cli import OneLineErrorParser, fail, setup_tool_logging
+from breast_d2.data.converted import (
+    check_converted_folder,
+    fold_case_ids,
+    read_cases,
+    read_splits,
+)
+from breast_d2.fileio import ensure_writable_dir, write_atomic
 from breast_d2.segmentation import (
     ARCH_LABELS,
     BreastMaskPredictor,
@@ -35,26 +44,22 @@ from breast_d2.segmentation import (
     per_fold_rows,
     write_csv,
 )
-from breast_d2.data.converted import (
-    check_converted_folder,
-    fold_case_ids,
-    read_cases,
-    read_splits,
-)
 from breast_d2.segmentation.data import (
     case_num_slices,
     load_case_gt,
     load_case_images,
     split_by_gt_mask,
 )
-from breast_d2.fileio import ensure_writable_dir, write_atomic
 
-logger = logging.getLogger("eval_breast_seg")
+logger = logging.getLogger("breast_d2.tools.eval_breast_seg")
+
+# (run NAME, fold) -> (checkpoint file, the fold's validation case ids)
+Checkpoints = Dict[Tuple[str, int], Tuple[str, List[str]]]
 
 
 def parse_args(argv=None):
     p = OneLineErrorParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="converted folder")
     p.add_argument("--run", action="append", required=True, metavar="NAME=PATH")
     p.add_argument("--folds", type=int, nargs="*", default=None, help="default: all folds")
@@ -79,78 +84,132 @@ def resolve_checkpoint(path: str, fold: int, which: str) -> str:
     return path
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        check_converted_folder(args.data)
-    except ValueError as e:  # CohortError
-        fail(str(e))
+def _parse_runs(specs: List[str]) -> List[Tuple[str, str]]:
+    """``[(NAME, PATH)]`` of the --run NAME=PATH options."""
     runs = []
-    for spec in args.run:
+    for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             fail(f"--run must be NAME=PATH, got {spec!r}")
         runs.append((name, path))
+    return runs
+
+
+def check_args(args: argparse.Namespace) -> Tuple[List[Tuple[str, str]], Dict[int, List[str]]]:
+    """Refuse a folder that is not converted, bad --run specs, a bad splits.json, an unknown
+    fold and an unwritable --out (one error line each).
+
+    Returns:
+        ``(runs, val_ids)``: the ``(NAME, PATH)`` of each --run; each selected fold's validation
+        case ids (all folds of splits.json without --folds).
+    """
     try:
-        splits_json = os.path.join(args.data, "splits.json")
+        check_converted_folder(args.data)
+    except ValueError as e:  # CohortError
+        fail(str(e))
+    runs = _parse_runs(args.run)
+    splits_json = os.path.join(args.data, "splits.json")
+    try:
         splits = read_splits(splits_json)
         ensure_writable_dir(args.out)
-    except (ValueError, OSError) as e:  # CohortError: malformed splits.json
+        folds = args.folds if args.folds else [e["fold"] for e in splits["folds"]]
+        val_ids = {fold: fold_case_ids(splits, fold, splits_json)[1] for fold in folds}
+    except (ValueError, OSError) as e:  # CohortError: malformed splits.json, no such fold
         fail(str(e))
-    folds = args.folds if args.folds else [e["fold"] for e in splits["folds"]]
+    return runs, val_ids
+
+
+def find_checkpoints(
+    runs: List[Tuple[str, str]], val_ids: Dict[int, List[str]], which: str
+) -> Checkpoints:
+    """Each run's checkpoint per fold; a missing, unloadable or leaking one is an error."""
     checkpoints = {}
     for name, path in runs:
-        for fold in folds:
-            try:
-                _, val_ids = fold_case_ids(splits, fold, splits_json)
-            except ValueError as e:
-                fail(str(e))
-            ckpt_path = resolve_checkpoint(path, fold, args.checkpoint)
+        for fold, fold_val_ids in val_ids.items():
+            ckpt_path = resolve_checkpoint(path, fold, which)
             if not os.path.isfile(ckpt_path):
                 fail(f"run {name} fold {fold}: no checkpoint {ckpt_path}")
             try:
-                check_no_fold_leak(load_checkpoint(ckpt_path)["train_cases"], val_ids, fold)
+                check_no_fold_leak(load_checkpoint(ckpt_path)["train_cases"], fold_val_ids, fold)
             except FoldLeakError as e:
                 fail(f"run {name} fold {fold} ({ckpt_path}): {e}")
-            except ValueError as e:
+            except ValueError as e:  # CheckpointError
                 fail(str(e))
-            checkpoints[name, fold] = (ckpt_path, val_ids)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
-    cases = read_cases(args.data)
+            checkpoints[name, fold] = (ckpt_path, fold_val_ids)
+    return checkpoints
+
+
+def masked_val_cases(data: str, val_ids: Dict[int, List[str]]) -> Dict[int, List[str]]:
+    """Each fold's validation cases that have a ground-truth mask; none at all is an error."""
     masked = {}
-    for fold in folds:
-        _, val_ids = fold_case_ids(splits, fold, splits_json)  # checked above
+    for fold, fold_val_ids in val_ids.items():
         try:
-            masked[fold] = split_by_gt_mask(args.data, val_ids)[0]
-        except FileNotFoundError as e:
+            masked[fold] = split_by_gt_mask(data, fold_val_ids)[0]
+        except (ValueError, FileNotFoundError) as e:  # cases.json and masks/gt disagree
             fail(str(e))
-        if not masked[fold]:
+        if masked[fold]:
+            logger.info("fold %d: %d of %d validation cases have a ground-truth mask",
+                        fold, len(masked[fold]), len(fold_val_ids))  # fmt: skip
+        else:
             logger.warning("fold %d: no validation case has a ground-truth mask; skipped", fold)
     if not any(masked.values()):
         fail("no validation case of the selected folds has a ground-truth breast mask")
-    case_rows = []
-    for (name, fold), (ckpt_path, val_ids) in checkpoints.items():
-        if not masked[fold]:
-            continue
-        predictor = BreastMaskPredictor(ckpt_path, args.device, batch_size=args.batch_size)
-        label = ARCH_LABELS.get(name, name)
-        logger.info("run %s fold %d: %d of %d validation cases have a ground-truth mask",
-                    name, fold, len(masked[fold]), len(val_ids))  # fmt: skip
-        for case_id in masked[fold]:
-            zs, images = load_case_images(args.data, case_id, case_num_slices(cases, case_id))
-            spacing = cases.get(case_id, {}).get("spacing", [1.0, 1.0])[:2]
-            pred = predictor.predict_case(images, 0.0, spacing, postprocess=args.postprocess)
-            metrics = overlap_metrics(pred, load_case_gt(args.data, case_id, zs))
-            case_rows.append({"run": label, "arch": predictor.arch, "fold": fold,
-                              "case_id": case_id, **metrics})
+    return masked
+
+
+def score_runs(
+    args: argparse.Namespace, checkpoints: Checkpoints, masked: Dict[int, List[str]]
+) -> List[Dict[str, Any]]:
+    """One row ``{"run", "arch", "fold", "case_id", "dsc", "jaccard", "ss"}`` per run and masked
+    validation case (whole volumes), with a progress bar over cases x runs.
+
+    Raises:
+        ValueError, OSError: unreadable cases.json, a missing or unreadable slice or mask.
+    """
+    cases = read_cases(args.data)
+    rows = []
+    total = sum(len(masked[fold]) for _, fold in checkpoints)
+    with tqdm(total=total, desc="scoring", unit="case", dynamic_ncols=True) as bar:
+        for (name, fold), (ckpt_path, _) in checkpoints.items():
+            if not masked[fold]:
+                continue
+            predictor = BreastMaskPredictor(ckpt_path, args.device, batch_size=args.batch_size)
+            for case_id in masked[fold]:
+                bar.set_postfix_str(f"{name} fold {fold} {case_id}")
+                zs, images = load_case_images(args.data, case_id, case_num_slices(cases, case_id))
+                spacing = cases.get(case_id, {}).get("spacing", [1.0, 1.0])[:2]
+                pred = predictor.predict_case(images, 0.0, spacing, postprocess=args.postprocess)
+                metrics = overlap_metrics(pred, load_case_gt(args.data, case_id, zs))
+                rows.append({"run": ARCH_LABELS.get(name, name), "arch": predictor.arch,
+                             "fold": fold, "case_id": case_id, **metrics})  # fmt: skip
+                bar.update(1)
+    return rows
+
+
+def write_tables(case_rows: List[Dict[str, Any]], out: str) -> str:
+    """Write OUT/seg_per_case.csv, seg_per_fold.csv and seg_table.md; the markdown."""
     fold_rows = per_fold_rows(case_rows)
-    write_csv(case_rows, os.path.join(args.out, "seg_per_case.csv"))
-    write_csv(fold_rows, os.path.join(args.out, "seg_per_fold.csv"))
+    write_csv(case_rows, os.path.join(out, "seg_per_case.csv"))
+    write_csv(fold_rows, os.path.join(out, "seg_per_fold.csv"))
     table = markdown_report(fold_rows)
-    write_atomic(os.path.join(args.out, "seg_table.md"), lambda f: f.write(table))
-    print(table)
+    write_atomic(os.path.join(out, "seg_table.md"), lambda f: f.write(table))
+    return table
+
+
+def main(argv=None) -> int:
+    """Command-line entry point: bad input is one ``error: ...`` line and exit code 2."""
+    args = parse_args(argv)
+    runs, val_ids = check_args(args)
+    checkpoints = find_checkpoints(runs, val_ids, args.checkpoint)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    setup_tool_logging(logging.INFO)
+    masked = masked_val_cases(args.data, val_ids)
+    try:
+        case_rows = score_runs(args, checkpoints, masked)
+    except (ValueError, OSError) as e:  # CohortError, a missing slice or mask PNG
+        fail(str(e))
+    print(write_tables(case_rows, args.out))
     return 0
 
 

@@ -20,18 +20,19 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any, Dict
 
 import torch
 
-from breast_d2.cli import OneLineErrorParser, fail
+from breast_d2.cli import OneLineErrorParser, fail, setup_tool_logging
 from breast_d2.data.converted import check_converted_folder, read_fold
-from breast_d2.segmentation import FoldLeakError, write_fold_masks
 from breast_d2.fileio import ensure_writable_dir
+from breast_d2.segmentation import FoldLeakError, write_fold_masks
 
 
 def parse_args(argv=None):
     p = OneLineErrorParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="converted folder")
     p.add_argument("--fold", type=int, required=True)
     p.add_argument("--weights", required=True, help="checkpoint from tools/train_breast_seg.py")
@@ -50,8 +51,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse a folder that is not converted, a missing checkpoint, bad numbers, an unknown fold
+    and an unwritable mask folder (one error line each)."""
     try:
         check_converted_folder(args.data)
     except ValueError as e:  # CohortError
@@ -65,11 +67,15 @@ def main(argv=None) -> int:
         ensure_writable_dir(os.path.join(args.data, "masks", f"fold{args.fold}"), "mask folder")
     except (ValueError, OSError) as e:  # CohortError (malformed splits.json) is a ValueError
         fail(str(e))
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Write the fold's masks; the manifest. A leak or bad input is one error line."""
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    setup_tool_logging(logging.INFO)
     try:
-        manifest = write_fold_masks(
+        return write_fold_masks(
             args.data, args.fold, args.weights, source=args.source, dilation_mm=args.dilate_mm,
             resume=args.resume, device=args.device, batch_size=args.batch_size,
             min_component_fraction=args.min_component_fraction, all_unseen=args.all_unseen,
@@ -78,6 +84,13 @@ def main(argv=None) -> int:
         fail(f"refusing to write fold {args.fold} masks: {e}")
     except (ValueError, OSError) as e:  # CheckpointError, a missing slice PNG, ...
         fail(str(e))
+
+
+def main(argv=None) -> int:
+    """Command-line entry point: bad input is one ``error: ...`` line and exit code 2."""
+    args = parse_args(argv)
+    check_args(args)
+    manifest = run(args)
     out = os.path.join(args.data, "masks", f"fold{args.fold}")
     print(f"wrote {len(manifest['cases'])} cases to {out}")
     return 0

@@ -6,17 +6,19 @@ Example:
         --out output/seg/unetplusplus/fold0
 """
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 
-from breast_d2.cli import OneLineErrorParser, fail
+from breast_d2.cli import OneLineErrorParser, fail, setup_tool_logging
 from breast_d2.data.converted import check_converted_folder, read_fold
-from breast_d2.segmentation import ARCHS, SegTrainConfig, train_segmentation
 from breast_d2.fileio import ensure_writable_dir, jsonable
+from breast_d2.segmentation import ARCHS, SegTrainConfig, train_segmentation
 
 EPILOG = """\
 Study settings kept: SGD (momentum 0.9), 50 epochs, batch size 5, horizontal flips, 1 labelled
@@ -25,7 +27,8 @@ Different for CPUs: slices are letterboxed to --input-size 256 (the study traine
 resolution: use --input-size 0, or 512); the encoder is an SMP ResNet trained from scratch
 (--encoder resnet18 is about twice as fast as resnet34); the study gives no segmentation learning
 rate (--lr 0.01 here). Writes OUT/model_last.pth, model_best.pth (by validation DSC; optimistic,
-the study evaluated the last epoch), metrics.json and log.txt.
+the study evaluated the last epoch), metrics.json, log.txt (each epoch's line with the ETA of the
+run) and TensorBoard events (loss, lr, validation DSC: tensorboard --logdir OUT).
 Only cases with a ground-truth breast mask (cases.json "has_mask") train and validate, e.g. the
 ~100 Duke cases of the breast-mask supplement; the log says how many. A fold whose training cases
 have no mask is an error; without validation masks there is no DSC and no model_best.pth.
@@ -34,7 +37,7 @@ have no mask is an error; without validation masks there is no DSC and no model_
 
 def parse_args(argv=None):
     p = OneLineErrorParser(description=__doc__.split("\n")[0], epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="converted folder (tools/convert_to_coco.py)")
     p.add_argument("--fold", type=int, required=True, help="fold K of splits.json")
     p.add_argument("--arch", choices=ARCHS, default="unetplusplus")
@@ -64,8 +67,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad numbers, a folder that is not converted and an unknown fold (one error line)."""
     for name in ("epochs", "batch_size", "label_every", "val_stride"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1")
@@ -75,7 +78,11 @@ def main(argv=None) -> int:
         read_fold(check_converted_folder(args.data), args.fold)
     except ValueError as e:  # CohortError: not a converted folder, bad splits.json, no such fold
         fail(str(e))
-    model_kwargs = {}
+
+
+def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """SMP arguments from --encoder-depth and --decoder-channels."""
+    model_kwargs: Dict[str, Any] = {}
     if args.encoder_depth != 5:
         model_kwargs["encoder_depth"] = args.encoder_depth
     if args.decoder_channels:
@@ -85,32 +92,69 @@ def main(argv=None) -> int:
             fail(f"--decoder-channels must be integers, got {args.decoder_channels!r}")
     elif args.encoder_depth != 5:  # SMP needs one decoder width per stage
         model_kwargs["decoder_channels"] = [256, 128, 64, 32, 16][-args.encoder_depth :]
+    return model_kwargs
+
+
+def build_config(args: argparse.Namespace) -> SegTrainConfig:
+    """The :class:`SegTrainConfig` of the command line."""
+    return SegTrainConfig(
+        arch=args.arch, encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, lr_schedule=args.lr_schedule, momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        label_every=args.label_every, input_size=args.input_size, num_workers=args.num_workers,
+        val_stride=args.val_stride, val_every=args.val_every, seed=args.seed, device=args.device,
+        model_kwargs=_model_kwargs(args),
+    )
+
+
+def resume_checkpoint(args: argparse.Namespace) -> Optional[str]:
+    """The checkpoint of --resume (``auto``: OUT/model_last.pth), or None; it must exist."""
     resume = args.resume
     if resume == "auto":
         resume = os.path.join(args.out, "model_last.pth")
     if resume and not os.path.isfile(resume):
         fail(f"--resume: no checkpoint {resume}")
+    return resume
+
+
+@contextlib.contextmanager
+def _log_file(path: str) -> Iterator[None]:
+    """Copy breast_d2's log records into ``path`` (appended, so a resumed run continues it)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s",
+                                           datefmt="%m/%d %H:%M:%S"))  # fmt: skip
+    package_logger = logging.getLogger("breast_d2")
+    package_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        handler.close()
+
+
+def run(args: argparse.Namespace, cfg: SegTrainConfig, resume: Optional[str]) -> Dict[str, Any]:
+    """Train into --out with console logging and OUT/log.txt; training errors are one line."""
     try:
         ensure_writable_dir(args.out)
     except OSError as e:
         fail(str(e))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(
-                            os.path.join(args.out, "log.txt"))])
-    cfg = SegTrainConfig(
-        arch=args.arch, encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, lr_schedule=args.lr_schedule, momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        label_every=args.label_every, input_size=args.input_size, num_workers=args.num_workers,
-        val_stride=args.val_stride, val_every=args.val_every, seed=args.seed, device=args.device,
-        model_kwargs=model_kwargs,
-    )
-    try:
-        result = train_segmentation(args.data, args.fold, args.out, cfg, resume=resume)
-    except (ValueError, OSError) as e:  # CohortError, CheckpointError are ValueErrors
-        fail(str(e))
+    setup_tool_logging(logging.INFO)
+    with _log_file(os.path.join(args.out, "log.txt")):
+        try:
+            return train_segmentation(args.data, args.fold, args.out, cfg, resume=resume)
+        except (ValueError, OSError) as e:  # CohortError, CheckpointError are ValueErrors
+            fail(str(e))
+
+
+def main(argv=None) -> int:
+    """Command-line entry point: bad input is one ``error: ...`` line and exit code 2."""
+    args = parse_args(argv)
+    check_args(args)
+    cfg = build_config(args)
+    resume = resume_checkpoint(args)
+    result = run(args, cfg, resume)
     print(json.dumps(jsonable({k: result[k] for k in ("epoch", "best_dsc", "last_dsc")})))
     return 0
 

@@ -1,14 +1,20 @@
 """Training loop for the breast-region models (SGD, resume, per-epoch validation DSC).
 
 Writes into ``out_dir``: ``model_last.pth`` (every epoch), ``model_best.pth`` (highest mean
-validation DSC so far), ``metrics.json`` (one entry per epoch) and ``log.txt``. Checkpoints are
-the dict of docs/DATA_FORMAT.md plus ``model_kwargs``, ``deep_supervision``, ``val_cases``,
-``label_every``, ``val_dsc``, ``history`` and ``config``.
+validation DSC so far), ``metrics.json`` (one entry per epoch) and TensorBoard event files
+(``events.out.tfevents.*``: ``train/loss`` and ``train/lr`` per iteration, ``train/epoch_loss``
+per epoch, ``val/dsc`` per validation; the step is the global iteration, as detectron2's). A
+resumed run adds an event file and purges the older files' steps from the resumed epoch on.
+Checkpoints are the dict of docs/DATA_FORMAT.md plus ``model_kwargs``, ``deep_supervision``,
+``val_cases``, ``label_every``, ``val_dsc``, ``history`` and ``config``. Each epoch's log line
+gives the ETA of the whole run (mean time per epoch so far x epochs left); tools/train_breast_seg.py
+copies the log into ``out_dir/log.txt``.
 
 Note: ``model_best.pth`` is chosen on the fold's validation cases, so its validation scores are
 optimistic; the study evaluated the last epoch (``model_last.pth``).
 """
 import dataclasses
+import datetime
 import logging
 import os
 import time
@@ -142,6 +148,14 @@ def _checkpoint(
     }
 
 
+def _save_epoch(out_dir: str, ckpt: Dict[str, Any], is_best: bool, history: List[dict]) -> None:
+    """Atomically write model_last.pth, model_best.pth (if ``is_best``) and metrics.json."""
+    _save_atomic(ckpt, os.path.join(out_dir, "model_last.pth"))
+    if is_best:
+        _save_atomic(ckpt, os.path.join(out_dir, "model_best.pth"))
+    write_json_atomic(os.path.join(out_dir, "metrics.json"), history, indent=2)
+
+
 def _check_resume(ckpt: Dict[str, Any], cfg: SegTrainConfig, fold: int, train_ids) -> None:
     theirs = (ckpt["arch"], ckpt["encoder"], ckpt.get("fold"), sorted(ckpt["train_cases"]))
     ours = (cfg.arch, cfg.encoder, int(fold), sorted(train_ids))
@@ -172,6 +186,71 @@ def _masked_fold(data_root: str, fold: int) -> Tuple[List[str], List[str], List[
     return train_ids, val_ids, val_all
 
 
+def _eta(epoch_seconds: Sequence[float], epochs_left: int) -> str:
+    """``H:MM:SS`` left for ``epochs_left`` epochs at the mean of ``epoch_seconds`` so far."""
+    seconds = float(np.mean(epoch_seconds)) * epochs_left if epoch_seconds else 0.0
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def _resume(
+    path: str, cfg: SegTrainConfig, fold: int, train_ids, model: BreastSegModel, optimizer
+) -> Tuple[int, float, List[dict]]:
+    """Load ``path`` into ``model`` and ``optimizer``; ``(epoch, best DSC, history)`` so far."""
+    ckpt = load_checkpoint(path)
+    _check_resume(ckpt, cfg, fold, train_ids)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    start_epoch, best_dsc = int(ckpt["epoch"]), float(ckpt["best_dsc"])
+    logger.info("resumed from %s at epoch %d (best DSC %.4f)", path, start_epoch, best_dsc)
+    return start_epoch, best_dsc, list(ckpt.get("history", []))
+
+
+def _train_epoch(
+    model: BreastSegModel, loader: DataLoader, optimizer, loss_fn, cfg: SegTrainConfig,
+    epoch: int, writer, progress: bool,
+) -> List[float]:
+    """One pass over ``loader`` (poly LR per iteration); the loss of each iteration.
+
+    ``writer`` (a TensorBoard ``SummaryWriter``) gets ``train/loss`` and ``train/lr`` at the
+    global iteration ``epoch * len(loader) + i``.
+    """
+    from tqdm import tqdm
+
+    model.train()
+    total_iters = max(1, cfg.epochs * len(loader))
+    losses = []
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+    for i, (images, targets) in enumerate(bar):
+        step = epoch * len(loader) + i
+        if cfg.lr_schedule == "poly":
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * (1.0 - min(step, total_iters - 1) / total_iters) ** 0.9
+        images, targets = images.to(cfg.device), targets.to(cfg.device)
+        logits, aux = model.forward_with_aux(images)
+        loss = deep_supervision_loss(logits, aux, targets, loss_fn)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        writer.add_scalar("train/loss", losses[-1], step)
+        writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+    return losses
+
+
+def _validate(
+    model: BreastSegModel, loader: DataLoader, data_root: str, val_ids, cfg: SegTrainConfig
+) -> float:
+    """Mean validation DSC (NaN without validation cases), after PreciseBN if configured."""
+    if cfg.precise_bn:
+        with torch.no_grad():
+            torch.optim.swa_utils.update_bn(loader, model, device=cfg.device)
+    per_case = evaluate_cases(model, data_root, val_ids, cfg.input_size, cfg.device,
+                              cfg.val_stride)  # fmt: skip
+    dscs = [m["dsc"] for m in per_case.values()]
+    return float(np.mean(dscs)) if dscs else float("nan")
+
+
 def train_segmentation(
     data_root: str,
     fold: int,
@@ -189,7 +268,7 @@ def train_segmentation(
     Args:
         data_root: converted folder (slices, masks/gt, cases.json, splits.json).
         fold: fold index K; trains on its "train" cases, validates on its "val" cases.
-        out_dir: output folder (created).
+        out_dir: output folder (created); checkpoints, metrics.json, TensorBoard events.
         cfg: :class:`SegTrainConfig`.
         resume: checkpoint to continue from (usually ``out_dir/model_last.pth``); it must be of
             the same arch, encoder, fold and training cases.
@@ -200,10 +279,12 @@ def train_segmentation(
 
     Raises:
         ValueError: no training case of the fold has a ground-truth mask; a resume from another
-            run.
+            run; an unknown ``cfg.lr_schedule``.
     """
-    from tqdm import tqdm
+    from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when training
 
+    if cfg.lr_schedule not in ("poly", "constant"):
+        raise ValueError(f"lr_schedule must be 'poly' or 'constant', got {cfg.lr_schedule!r}")
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
     train_ids, val_ids, fold_val_ids = _masked_fold(data_root, fold)
@@ -223,69 +304,49 @@ def train_segmentation(
     loss_fn = get_loss(cfg.arch)
     start_epoch, best_dsc, history = 0, -1.0, []
     if resume:
-        ckpt = load_checkpoint(resume)
-        _check_resume(ckpt, cfg, fold, train_ids)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, best_dsc = int(ckpt["epoch"]), float(ckpt["best_dsc"])
-        history = list(ckpt.get("history", []))
-        logger.info("resumed from %s at epoch %d (best DSC %.4f)", resume, start_epoch, best_dsc)
+        start_epoch, best_dsc, history = _resume(resume, cfg, fold, train_ids, model, optimizer)
     logger.info(
         "fold %d: %s/%s, %d train cases (%d slices), %d val cases, epochs %d",
         fold, cfg.arch, cfg.encoder, len(train_ids), len(dataset), len(val_ids), cfg.epochs,
     )
-    if cfg.lr_schedule not in ("poly", "constant"):
-        raise ValueError(f"lr_schedule must be 'poly' or 'constant', got {cfg.lr_schedule!r}")
-    total_iters = max(1, cfg.epochs * len(loader))
-    val_dsc = float("nan")
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        t0, losses = time.perf_counter(), []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for i, (images, targets) in enumerate(bar):
-            if cfg.lr_schedule == "poly":
-                t = min(epoch * len(loader) + i, total_iters - 1)
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * (1.0 - t / total_iters) ** 0.9
-            images, targets = images.to(cfg.device), targets.to(cfg.device)
-            logits, aux = model.forward_with_aux(images)
-            loss = deep_supervision_loss(logits, aux, targets, loss_fn)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        validate = (epoch + 1) % max(1, cfg.val_every) == 0 or epoch + 1 == cfg.epochs
-        if cfg.precise_bn and validate:
-            with torch.no_grad():
-                torch.optim.swa_utils.update_bn(loader, model, device=cfg.device)
-        val_dsc = float("nan")
-        if validate:
-            per_case = evaluate_cases(
-                model, data_root, val_ids, cfg.input_size, cfg.device, cfg.val_stride
+    # A resumed run drops the steps that an interrupted run logged after its last checkpoint.
+    writer = SummaryWriter(out_dir, purge_step=start_epoch * len(loader) if resume else None)
+    val_dsc, epoch_seconds = float("nan"), []
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            losses = _train_epoch(model, loader, optimizer, loss_fn, cfg, epoch, writer, progress)
+            step = (epoch + 1) * len(loader) - 1  # the epoch's last iteration
+            writer.add_scalar("train/epoch_loss", float(np.mean(losses)), step)
+            validate = (epoch + 1) % max(1, cfg.val_every) == 0 or epoch + 1 == cfg.epochs
+            val_dsc = float("nan")
+            if validate:
+                val_dsc = _validate(model, loader, data_root, val_ids, cfg)
+                writer.add_scalar("val/dsc", val_dsc, step)
+            is_best = validate and val_dsc > best_dsc
+            best_dsc = max(best_dsc, val_dsc) if validate else best_dsc
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": float(np.mean(losses)),
+                    "val_dsc": val_dsc if validate else None,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
             )
-            dscs = [m["dsc"] for m in per_case.values()]
-            val_dsc = float(np.mean(dscs)) if dscs else float("nan")
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(np.mean(losses)),
-                "val_dsc": val_dsc if validate else None,
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-        )
-        logger.info("epoch %d: loss %.4f", epoch + 1, history[-1]["loss"])
-        if validate:
-            logger.info("epoch %d: val DSC %.4f", epoch + 1, val_dsc)
-        is_best = validate and val_dsc > best_dsc
-        best_dsc = max(best_dsc, val_dsc) if validate else best_dsc
-        ckpt = _checkpoint(
-            model, optimizer, cfg, fold, train_ids, fold_val_ids, epoch + 1, best_dsc, val_dsc,
-            history,
-        )
-        _save_atomic(ckpt, os.path.join(out_dir, "model_last.pth"))
-        if is_best:
-            _save_atomic(ckpt, os.path.join(out_dir, "model_best.pth"))
-        write_json_atomic(os.path.join(out_dir, "metrics.json"), history, indent=2)
+            ckpt = _checkpoint(
+                model, optimizer, cfg, fold, train_ids, fold_val_ids, epoch + 1, best_dsc,
+                val_dsc, history,
+            )
+            _save_epoch(out_dir, ckpt, is_best, history)
+            writer.flush()
+            epoch_seconds.append(time.perf_counter() - t0)
+            logger.info(
+                "epoch %d/%d: loss %.4f%s, %.1f s, ETA %s",
+                epoch + 1, cfg.epochs, history[-1]["loss"],
+                f", val DSC {val_dsc:.4f}" if validate else "", epoch_seconds[-1],
+                _eta(epoch_seconds, cfg.epochs - epoch - 1),
+            )
+    finally:
+        writer.close()
     best = best_dsc if best_dsc >= 0 else float("nan")  # -1.0: no epoch was validated
     return {"epoch": len(history), "best_dsc": best, "last_dsc": val_dsc, "history": history}
