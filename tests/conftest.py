@@ -1,8 +1,11 @@
-"""Shared test fixtures."""
+"""Shared test fixtures (the plain helpers they use live in helpers.py)."""
 import locale
 import logging
+import tempfile
 
 import pytest
+
+from helpers import write_converted_phantom
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +30,16 @@ def _restore_ctype_locale():
     ctype = locale.setlocale(locale.LC_CTYPE)
     yield
     locale.setlocale(locale.LC_CTYPE, ctype)
+
+
+@pytest.fixture(scope="module")
+def converted():
+    """6 phantom cases (96 x 96 x 16, seed 3) converted with 3 patient-level folds (seed 0).
+
+    Written once per test module that asks for it, removed after that module's tests.
+
+    Yields:
+        helpers.ConvertedPhantom(cohort, data).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        yield write_converted_phantom(tmp, 6, seed=3, matrix=96, num_folds=3)

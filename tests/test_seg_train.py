@@ -1,5 +1,4 @@
 """Tests of breast_d2.segmentation.data and train (tiny toy cohort in a temp dir)."""
-import importlib.util
 import json
 import logging
 import os
@@ -22,10 +21,9 @@ from breast_d2.segmentation import (
     unletterbox,
 )
 from breast_d2.segmentation.data import has_gt_mask, split_by_gt_mask
-from toy_converted import make_toy_converted
+from helpers import load_tool, make_toy_converted
 
 torch.set_num_threads(2)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(encoder_depth=3, decoder_channels=[16, 8, 8])
 
 
@@ -112,16 +110,9 @@ def test_poly_lr_decays_to_zero_and_val_every_skips_validation(toy):
                            progress=False)
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _cli(*args, capsys=None):
     with pytest.raises(SystemExit) as exc:
-        _load_tool("train_breast_seg").main(list(args))
+        load_tool("train_breast_seg").main(list(args))
     err = capsys.readouterr().err
     return exc.value.code, err
 
