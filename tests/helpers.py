@@ -73,14 +73,10 @@ def load_tool(name: str) -> ModuleType:
     return module
 
 
-def tool_env(**extra: str) -> Dict[str, str]:
-    """The environment for running a tool in a subprocess: this repository first on PYTHONPATH.
-
-    Args:
-        extra: further variables to set (e.g. ``OMP_NUM_THREADS="1"``).
-    """
-    path = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
-    return dict(os.environ, PYTHONPATH=path, **extra)
+def tool_env() -> Dict[str, str]:
+    """This process's environment with this repository first on PYTHONPATH (for a tool run in a
+    subprocess, which then imports this tree's breast_d2)."""
+    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def tree_hash(root: str) -> str:
