@@ -1,23 +1,32 @@
-"""Shared test fixtures."""
+"""Shared test fixtures (the plain helpers they use live in helpers.py)."""
 import locale
 import logging
+import sys
+import tempfile
 
 import pytest
 
+from helpers import write_converted_phantom
+
+
+def _reset_tool_loggers():
+    """Undo what a tool's ``setup_tool_logging`` (detectron2's cached ``setup_logger``) did: its
+    console handlers write to the stream pytest captured for that test (closed later: "--- Logging
+    error ---") and the package logger stops propagating to the root logger that caplog reads."""
+    logger_module = sys.modules.get("detectron2.utils.logger")
+    if logger_module is not None:
+        logger_module.setup_logger.cache_clear()
+    for name in ("detectron2", "fvcore", "d2", "breast_d2"):
+        logging.getLogger(name).handlers.clear()
+    logging.getLogger("breast_d2").propagate = True
+
 
 @pytest.fixture(autouse=True)
-def _drop_log_handlers_on_closed_streams():
-    """Tools set up console loggers on the stream pytest captured for an earlier test; once that
-    stream is closed, logging to it prints "--- Logging error ---". Drop such handlers first."""
-    loggers = [logging.getLogger()] + [
-        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
-    ]
-    for lg in loggers:
-        for handler in list(lg.handlers):
-            stream = getattr(handler, "stream", None)
-            if isinstance(handler, logging.StreamHandler) and getattr(stream, "closed", False):
-                lg.removeHandler(handler)
+def _fresh_tool_loggers():
+    """Every test starts and ends without the console loggers an earlier tool run set up."""
+    _reset_tool_loggers()
     yield
+    _reset_tool_loggers()
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +36,16 @@ def _restore_ctype_locale():
     ctype = locale.setlocale(locale.LC_CTYPE)
     yield
     locale.setlocale(locale.LC_CTYPE, ctype)
+
+
+@pytest.fixture(scope="module")
+def converted():
+    """6 phantom cases (96 x 96 x 16, seed 3) converted with 3 patient-level folds (seed 0).
+
+    Written once per test module that asks for it, removed after that module's tests.
+
+    Yields:
+        helpers.ConvertedPhantom(cohort, data).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        yield write_converted_phantom(tmp, 6, seed=3, matrix=96, num_folds=3)

@@ -8,8 +8,9 @@ from detectron2.config import get_cfg
 
 from breast_d2.config import add_breast_config
 from breast_d2.engine import WeightsUnavailableError, apply_epoch_schedule, resolve_weights
+from helpers import REPO
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+CONFIG_DIR = os.path.join(REPO, "configs")
 CONFIGS = sorted(  # every loadable config (Base-*.yaml files are only meant as _BASE_)
     f
     for f in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)

@@ -1,5 +1,4 @@
 """Tests for breast_d2.data.convert: layout, COCO round trip, folds, resume, bad input."""
-import hashlib
 import json
 import os
 import shutil
@@ -7,69 +6,13 @@ import tempfile
 import unittest
 
 import numpy as np
-import SimpleITK as sitk
 from PIL import Image
 
-from breast_d2.data.boxes import box_to_duke_row
 from breast_d2.data.channels import compose_channels
 from breast_d2.data.convert import convert_cohort, make_folds
 from breast_d2.data.errors import CohortError
 from breast_d2.data.readers import read_case_phases
-
-SHAPE = (8, 48, 48)  # Z, Y, X
-SPACING = (0.75, 0.75, 1.5)
-# half-open [x0, y0, z0, x1, y1, z1] lesions per case: strata 1, 0, 2, 1, 0
-LESIONS = {
-    "PH0001": [[5, 6, 1, 15, 14, 4]],
-    "PH0002": [],
-    "PH0003": [[5, 5, 0, 10, 10, 2], [30, 30, 2, 40, 38, 7]],
-    "PH0004": [[20, 20, 3, 28, 28, 6]],
-    "PH0005": [],
-}
-CSV_HEADER = "Patient ID,Start Row,End Row,Start Column,End Column,Start Slice,End Slice\n"
-
-
-def _write(array, path, spacing=SPACING):
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    sitk.WriteImage(image, path)
-
-
-def make_cohort(root, lesions=LESIONS, num_phases=3):
-    """IMAGES/ (NIfTI phases), LABELS/, MASKS/ and boxes.csv for cubic lesions."""
-    rng = np.random.default_rng(0)
-    for sub in ("LABELS", "MASKS"):
-        os.makedirs(os.path.join(root, sub))
-    rows = []
-    for case_id, boxes in lesions.items():
-        os.makedirs(os.path.join(root, "IMAGES", case_id))
-        labels = np.zeros(SHAPE, np.uint8)
-        for i, (x0, y0, z0, x1, y1, z1) in enumerate(boxes):
-            labels[z0:z1, y0:y1, x0:x1] = i + 1
-            rows.append(",".join(map(str, (case_id,) + box_to_duke_row([x0, y0, z0, x1, y1, z1]))))
-        base = rng.normal(100, 5, SHAPE)
-        for p in range(num_phases):
-            phase = (base + (labels > 0) * 300.0 * (p > 0) + 10 * p).astype(np.int16)
-            _write(phase, os.path.join(root, "IMAGES", case_id, f"{case_id}_{p:04d}.nii.gz"))
-        _write(labels, os.path.join(root, "LABELS", f"{case_id}.nii.gz"))
-        mask = np.zeros(SHAPE, np.uint8)
-        mask[:, 4:44, 2:46] = 1
-        _write(mask, os.path.join(root, "MASKS", f"{case_id}.nii.gz"))
-    with open(os.path.join(root, "boxes.csv"), "w") as f:
-        f.write(CSV_HEADER + "\n".join(rows) + "\n")
-
-
-def tree_hash(root):
-    """Hash of every path and file content under ``root``."""
-    h = hashlib.sha256()
-    for dirpath, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(dirpath, name)
-            h.update(os.path.relpath(path, root).encode())
-            with open(path, "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()
+from helpers import LESIONS, SHAPE, make_cohort, tree_hash, write_nifti
 
 
 def _load(path):
@@ -291,14 +234,15 @@ class TestBadInput(unittest.TestCase):
 
     def test_phase_shape_differs(self):
         def breaker(c):
-            _write(np.zeros((8, 40, 48), np.int16), self._images(c, "PH0004", "PH0004_0002.nii.gz"))
+            write_nifti(np.zeros((8, 40, 48), np.int16),
+                        self._images(c, "PH0004", "PH0004_0002.nii.gz"))
 
         self._check(breaker, ["case PH0004", "PH0004_0002.nii.gz", "size"])
 
     def test_phase_spacing_differs(self):
         def breaker(c):
-            _write(np.zeros(SHAPE, np.int16), self._images(c, "PH0004", "PH0004_0000.nii.gz"),
-                   spacing=(0.75, 0.75, 3.0))  # fmt: skip
+            write_nifti(np.zeros(SHAPE, np.int16), self._images(c, "PH0004", "PH0004_0000.nii.gz"),
+                        spacing=(0.75, 0.75, 3.0))  # fmt: skip
 
         self._check(breaker, ["case PH0004", "PH0004_0001.nii.gz", "spacing"])
 
@@ -353,7 +297,7 @@ class TestBadInput(unittest.TestCase):
 
     def test_label_volume_shape(self):
         def breaker(c):
-            _write(np.zeros((7, 48, 48), np.uint8), os.path.join(c, "LABELS", "PH0004.nii.gz"))
+            write_nifti(np.zeros((7, 48, 48), np.uint8), os.path.join(c, "LABELS", "PH0004.nii.gz"))
 
         self._check(breaker, ["case PH0004", "PH0004.nii.gz", "size"])
 

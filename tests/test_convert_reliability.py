@@ -13,10 +13,9 @@ import SimpleITK as sitk
 
 from breast_d2.data.convert import convert_cohort
 from breast_d2.data.errors import CohortError
-from test_convert import make_cohort
+from helpers import make_cohort, tool_env, tool_path, tree_hash
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(REPO, "tools", "convert_to_coco.py")
+TOOL = tool_path("convert_to_coco")
 
 
 def rewrite_phase(cohort, case_id, phase, origin=None, direction=None):
@@ -135,8 +134,7 @@ class TestKilledConverter(unittest.TestCase):
         self.cohort = os.path.join(self.tmp.name, "c")
         self.out = os.path.join(self.tmp.name, "OUT-k")
         make_slow_cohort(self.cohort)
-        self.env = dict(os.environ,
-                        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.env = tool_env()
         self.cmd = [sys.executable, TOOL, "--images", os.path.join(self.cohort, "IMAGES"),
                     "--labels", os.path.join(self.cohort, "LABELS"), "--out", self.out,
                     "--folds", "2", "--workers", "2"]  # fmt: skip
@@ -195,7 +193,7 @@ class TestMessages(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             cohort = os.path.join(d, "cohort")
             make_cohort(cohort)
-            env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            env = tool_env()
             cmd = [sys.executable, TOOL, "--images", os.path.join(cohort, "IMAGES"), "--labels",
                    os.path.join(cohort, "LABELS"), "--out", os.path.join(d, "OUT"), "--folds", "2",
                    "--phases", "4"]  # fmt: skip
@@ -226,8 +224,6 @@ class TestShards(unittest.TestCase):
 
     def outputs(self, out):
         """Hash of everything a converted folder holds for its users (not logs or state)."""
-        from test_convert import tree_hash
-
         return {name: tree_hash(os.path.join(out, name))
                 for name in ("slices", "masks") + self.COHORT_FILES}  # fmt: skip
 
@@ -238,7 +234,7 @@ class TestShards(unittest.TestCase):
             args = ["--images", os.path.join(cohort, "IMAGES"), "--boxes",
                     os.path.join(cohort, "boxes.csv"), "--masks", os.path.join(cohort, "MASKS"),
                     "--folds", "2", "--seed", "3"]  # fmt: skip
-            env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            env = tool_env()
             single, sharded = os.path.join(d, "single"), os.path.join(d, "sharded")
 
             def tool(*extra):

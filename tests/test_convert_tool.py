@@ -1,6 +1,5 @@
 """Tests for tools/convert_to_coco.py: summary on success, one-line error and exit code 2."""
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -12,9 +11,9 @@ import unittest
 import numpy as np
 import SimpleITK as sitk
 
-TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
-                    "convert_to_coco.py")  # fmt: skip
-CSV = "Patient ID,Start Row,End Row,Start Column,End Column,Start Slice,End Slice\n"
+from helpers import CSV_HEADER, load_tool, tool_path
+
+TOOL = tool_path("convert_to_coco")
 
 
 def make_cohort(root, num_cases=3):
@@ -30,7 +29,7 @@ def make_cohort(root, num_cases=3):
             sitk.WriteImage(image, path)
         rows.append(f"{case_id},5,12,6,14,2,4\n")
     with open(os.path.join(root, "boxes.csv"), "w") as f:
-        f.write(CSV + "".join(rows))
+        f.write(CSV_HEADER + "".join(rows))
 
 
 class TestConvertTool(unittest.TestCase):
@@ -46,9 +45,7 @@ class TestConvertTool(unittest.TestCase):
 
     def run_tool(self, *args):
         """Run the tool's main() in this process (importing breast_d2 again costs seconds)."""
-        spec = importlib.util.spec_from_file_location("convert_to_coco", TOOL)
-        tool = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tool)
+        tool = load_tool("convert_to_coco")
         stdout, stderr = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
@@ -79,7 +76,7 @@ class TestConvertTool(unittest.TestCase):
 
         bad_csv = os.path.join(self.root, "bad.csv")
         with open(bad_csv, "w") as f:
-            f.write(CSV + "C0,5,12,6,14,2,4\nC1,5,12,6,14,9,4\n")
+            f.write(CSV_HEADER + "C0,5,12,6,14,2,4\nC1,5,12,6,14,9,4\n")
         error_cases = [
             # bad input: a CohortError from the library
             (["--images", images, "--boxes", bad_csv, "--out", out + "2", "--folds", "3"],

@@ -3,7 +3,6 @@
 The tree has localizers, T1s on the same and on another grid, every SeriesDescription family,
 file numbers against slice position, a case only the series map resolves, and a partial download.
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -12,16 +11,7 @@ import tempfile
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools",
-                                                                               f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import QUICK, load_tool
 
 
 def _read(path):
@@ -34,7 +24,7 @@ def duke():
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "duke")
-        assert _load_tool("make_phantom").main(
+        assert load_tool("make_phantom").main(
             ["--layout", "duke", "--out", root, "--cases", "7", "--seed", "0", "--matrix", "64",
              "--slices", "16"]) == 0  # fmt: skip
         yield tmp, root
@@ -51,7 +41,7 @@ def test_duke_download_converts_trains_and_evaluates(duke):
     shutil.copytree(images, os.path.join(work, manifest), symlinks=True)
     shutil.rmtree(os.path.join(work, manifest, "Duke-Breast-Cancer-MRI", gone))
     data = os.path.join(tmp, "coco")
-    convert = _load_tool("convert_to_coco")
+    convert = load_tool("convert_to_coco")
     code = convert.main(["--images", os.path.join(work, manifest), "--boxes",
                          os.path.join(root, "Annotation_Boxes.xlsx"), "--series-map",
                          os.path.join(root, "Breast-Cancer-MRI-filepath_filename-mapping.xlsx"),
@@ -69,7 +59,7 @@ def test_duke_download_converts_trains_and_evaluates(duke):
         log = f.read()
     assert "partial download" in log and gone in log
 
-    train_net = _load_tool("train_net")
+    train_net = load_tool("train_net")
     out = os.path.join(tmp, "out")
     opts = ["OUTPUT_DIR", out, "INPUT.BREAST_MASK.ENABLED", "False", "TEST.FINAL_EVAL", "False"]
     args = train_net.argument_parser().parse_args(

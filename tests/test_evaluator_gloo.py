@@ -22,15 +22,12 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 
-from breast_d2.data.convert import convert_cohort
-from breast_d2.data.phantom import write_cohort
 from breast_d2.engine import BreastCheckpointer, load_breast_config
 from breast_d2.evaluation import BreastFROCEvaluator, compute_froc, merge_slice_detections
 from breast_d2.fileio import jsonable, write_json_atomic
+from helpers import QUICK, REPO, tool_path, write_converted_phantom
 from test_evaluator import CASES, DETECTIONS, SIZE, SLICES
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
 NAME = "breast_froc_evaluator_gloo_val"
 BOOTSTRAP = 40
 # test_evaluator's detections plus some that make the order of the gathered predictions matter:
@@ -190,18 +187,15 @@ def test_real_processes_give_the_single_process_files(world_size, single, cases_
 def test_eval_only_tool_with_one_gpu_runs_in_process_on_the_cpu():
     """``--num-gpus 1``: detectron2's launch calls main directly (no spawn, no CUDA check)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cohort, data, out = (os.path.join(tmp, d) for d in ("phantom", "coco", "out"))
-        write_cohort(cohort, 4, seed=5, matrix=64, slices=16, num_phases=3)
-        convert_cohort(os.path.join(cohort, "IMAGES"), data, labels=os.path.join(cohort, "LABELS"),
-                       masks=os.path.join(cohort, "MASKS"), num_folds=2, seed=0)
+        _, data = write_converted_phantom(tmp, 4, seed=5, matrix=64, num_folds=2, num_phases=3)
+        out = os.path.join(tmp, "out")
         # A freshly built model saved by detectron2's checkpointer stands in for trained weights.
         model = build_model(load_breast_config(QUICK, ["MODEL.DEVICE", "cpu"]))
         BreastCheckpointer(model, save_dir=tmp).save("fresh")
         env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-        cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
-               QUICK, "--num-gpus", "1", "--fold", "0", "--data", data, "--eval-only",
-               "OUTPUT_DIR", out, "INPUT.BREAST_MASK.SOURCE", "gt",
-               "MODEL.WEIGHTS", os.path.join(tmp, "fresh.pth")]
+        cmd = [sys.executable, tool_path("train_net"), "--config-file", QUICK, "--num-gpus", "1",
+               "--fold", "0", "--data", data, "--eval-only", "OUTPUT_DIR", out,
+               "INPUT.BREAST_MASK.SOURCE", "gt", "MODEL.WEIGHTS", os.path.join(tmp, "fresh.pth")]
         proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -10,20 +10,9 @@ import pytest
 
 from breast_d2.evaluation import candidates, folds, froc, io, matching, tables
 from breast_d2.evaluation.params import FROCParams
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(REPO, "tools", "froc.py")
+from helpers import load_tool, tool_env
 
 CUBE = [0, 0, 0, 10, 10, 10]
-
-
-def _load_tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("froc_tool_pkg", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_froc_module_re_exports_the_public_api():
@@ -56,8 +45,8 @@ def test_froc_core_imports_neither_torch_nor_detectron2():
     code = ("import sys, breast_d2.evaluation.froc, breast_d2.evaluation.folds; "
             "bad = [m for m in ('torch', 'detectron2') if m in sys.modules]; "
             "sys.exit(str(bad) if bad else 0)")
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=tool_env())
     assert proc.returncode == 0, proc.stderr
 
 
@@ -71,7 +60,7 @@ def test_defaults_have_one_home():
         sig = inspect.signature(fn).parameters
         for key in ("slice_gap", "link_iou", "score", "score_thresh"):
             assert sig[key].default == getattr(d, key), (fn.__name__, key)
-    args = _load_tool().get_parser().parse_args(["--out", "x"])
+    args = load_tool("froc").get_parser().parse_args(["--out", "x"])
     assert (args.hit, args.iou, args.duplicates, args.bootstrap) == (
         d.hit, d.iou_thresh, d.duplicates, d.bootstrap)
     with pytest.raises(Exception):  # frozen

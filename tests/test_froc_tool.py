@@ -1,20 +1,16 @@
 """tools/froc.py: single run, --splits/--fold, --folds aggregate, one-line errors (in-process)."""
-import importlib.util
 import json
 import os
 import tempfile
 
 import pytest
 
-TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "froc.py")
+from helpers import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("froc_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("froc")
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import os
 
 from breast_d2.evaluation.froc import compute_froc, load_cases_json, save_froc
 from breast_d2.job_report import write_report
-from toy_converted import make_toy_converted
+from helpers import make_toy_converted
 
 
 def _cells(markdown):

@@ -4,7 +4,6 @@ its log, resubmission and preemption skipping finished steps, and a 2-fold tiny 
 through submitit's LocalExecutor giving the local launcher's numbers."""
 import functools
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -15,8 +14,6 @@ import threading
 
 import pytest
 
-from breast_d2.data.convert import convert_cohort
-from breast_d2.data.phantom import write_cohort
 from breast_d2.launchers import (
     ClusterOptions,
     FoldJob,
@@ -30,17 +27,7 @@ from breast_d2.launchers import (
     with_launch_args,
 )
 from breast_d2.jobs import Step, is_step_done
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools",
-                                                                               f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import QUICK, load_tool
 
 
 def _script(path, code):
@@ -170,7 +157,7 @@ def test_preempted_fold_job_is_requeued_and_skips_finished_steps(tmp_path):
 
 
 def test_cluster_options_need_a_cluster_launcher(capsys):
-    cv = _load_tool("cross_validate")
+    cv = load_tool("cross_validate")
     for argv, error in ((["--partition", "gpu"], "--partition needs --launcher slurm"),
                         (["--launcher", "slurm", "--lanes", "2"], "--lanes is for --launcher"),
                         (["--launcher", "slurm", "--nodes", "0"], "--nodes must be >= 1"),
@@ -184,7 +171,7 @@ def test_cluster_options_need_a_cluster_launcher(capsys):
 
 def test_slurm_without_sbatch_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM tools here
-    cv = _load_tool("cross_validate")
+    cv = load_tool("cross_validate")
     args = cv.parse_args(["--config-file", QUICK, "--data", "D", "--out", str(tmp_path / "o"),
                           "--launcher", "slurm"])
     with pytest.raises(SystemExit) as e:
@@ -194,31 +181,20 @@ def test_slurm_without_sbatch_is_a_one_line_error(tmp_path, monkeypatch, capsys)
                                        "this on the cluster's login node)\n")
 
 
-@pytest.fixture(scope="module")
-def tiny_cohort(tmp_path_factory):
-    """6 phantom cases (96 x 96 x 16), converted with 3 patient-level folds."""
-    tmp = tmp_path_factory.mktemp("cohort")
-    cohort, data = str(tmp / "phantom"), str(tmp / "coco")
-    write_cohort(cohort, 6, seed=3, matrix=96, slices=16)
-    convert_cohort(os.path.join(cohort, "IMAGES"), data, labels=os.path.join(cohort, "LABELS"),
-                   masks=os.path.join(cohort, "MASKS"), num_folds=3, seed=0)
-    return data
-
-
 def _read_json(path, out=None):
     with open(path) as f:
         text = f.read()
     return json.loads(text.replace(out, "OUT") if out else text)
 
 
-def test_submitit_fold_jobs_give_the_local_launchers_numbers(tiny_cohort, tmp_path, monkeypatch):
+def test_submitit_fold_jobs_give_the_local_launchers_numbers(converted, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the steps and the fold jobs inherit it
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
-    cv = _load_tool("cross_validate")
+    cv = load_tool("cross_validate")
     outs = {}
     for launcher in ("local", "submitit-local"):
         outs[launcher] = str(tmp_path / launcher)
-        argv = ["--config-file", QUICK, "--data", tiny_cohort, "--folds", "0,1", "--masks", "gt",
+        argv = ["--config-file", QUICK, "--data", converted.data, "--folds", "0,1", "--masks", "gt",
                 "--out", outs[launcher], "--launcher", launcher]
         if launcher != "local":
             argv += ["--timeout", "20"]

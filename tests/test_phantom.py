@@ -1,7 +1,6 @@
 """Tests of the synthetic DCE-MRI phantom (breast_d2.data.phantom and tools/make_phantom.py)."""
 import csv
 import filecmp
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,8 +13,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from breast_d2.data import phantom as ph
+from helpers import load_tool, tool_path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"matrix": 128, "slices": 32}  # the realistic low-resolution setting
 FAST = {"matrix": 96, "slices": 16}
 
@@ -201,25 +200,17 @@ def test_resume_skips_finished_cases_and_rejects_other_parameters():
             ph.write_cohort(out, 3, seed=2, **FAST)
 
 
-def _load_cli():
-    path = os.path.join(REPO, "tools", "make_phantom.py")
-    spec = importlib.util.spec_from_file_location("make_phantom", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_exit_code_and_one_line_errors(capsys):
     with tempfile.TemporaryDirectory() as d:
         # One real process: the shell sees exit code 2 and a single error line, no traceback.
-        cmd = [sys.executable, os.path.join(REPO, "tools", "make_phantom.py")]
+        cmd = [sys.executable, tool_path("make_phantom")]
         cmd += ["--out", os.path.join(d, "x"), "--cases", "0"]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
         assert res.returncode == 2 and len(errors) == 1 and "num_cases" in errors[0], res.stderr
         assert "Traceback" not in res.stderr
-        cli = _load_cli()
+        cli = load_tool("make_phantom")
         assert cli.main(["--out", os.path.join(d, "x"), "--cases", "2", "--matrix", "32"]) == 2
         with pytest.raises(SystemExit) as exc:
             cli.main(["--out", os.path.join(d, "x"), "--cases", "two"])

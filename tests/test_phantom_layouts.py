@@ -1,7 +1,6 @@
 """Tests of the phantom's real download layouts (breast_d2.data.phantom.layouts, make_phantom)."""
 import csv
 import filecmp
-import importlib.util
 import json
 import os
 import re
@@ -15,8 +14,8 @@ import SimpleITK as sitk
 from breast_d2.data import phantom as ph
 from breast_d2.data.phantom import layouts as pl
 from breast_d2.data.boxes import DUKE_COLUMNS, box_to_duke_row
+from helpers import load_tool
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"matrix": 64, "slices": 16}  # the smallest grid the phantom accepts
 SEED = 3
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -406,16 +405,8 @@ def test_mama_mia_layout():
         assert sorted(r[0] for r in splits[1:]) == sorted(set(ids) - {"DUKE_002"})
 
 
-def _load_cli():
-    path = os.path.join(REPO, "tools", "make_phantom.py")
-    spec = importlib.util.spec_from_file_location("make_phantom", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_make_phantom_layout_option(capsys):
-    cli = _load_cli()
+    cli = load_tool("make_phantom")
     small = ["--cases", "2", "--matrix", "64", "--slices", "16"]
     with tempfile.TemporaryDirectory() as d:
         duke = os.path.join(d, "duke")

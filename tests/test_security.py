@@ -8,9 +8,7 @@ import pytest
 import torch
 
 from breast_d2.fileio import path_inside
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
+from helpers import QUICK, REPO
 
 
 class _Payload:

@@ -1,6 +1,5 @@
 """Tests of breast_d2.segmentation.predict / postprocess and the mask and eval tools."""
 import hashlib
-import importlib.util
 import json
 import os
 import tempfile
@@ -23,10 +22,9 @@ from breast_d2.segmentation import (
     write_fold_masks,
 )
 from breast_d2.segmentation.data import load_case_gt, read_mask
-from toy_converted import make_toy_converted
+from helpers import load_tool, make_toy_converted
 
 torch.set_num_threads(2)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(encoder_depth=3, decoder_channels=[16, 8, 8])
 
 
@@ -49,16 +47,9 @@ def toy():
         yield d
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run_tool(name, args, capsys):
     try:
-        code = _tool(name).main(list(args))
+        code = load_tool(name).main(list(args))
     except SystemExit as e:
         code = e.code
     return code, capsys.readouterr()

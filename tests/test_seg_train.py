@@ -1,5 +1,4 @@
 """Tests of breast_d2.segmentation.data and train (tiny toy cohort in a temp dir)."""
-import importlib.util
 import json
 import logging
 import os
@@ -25,10 +24,9 @@ from breast_d2.segmentation import (
     unletterbox,
 )
 from breast_d2.segmentation.data import has_gt_mask, split_by_gt_mask
-from toy_converted import make_toy_converted
+from helpers import load_tool, make_toy_converted
 
 torch.set_num_threads(2)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(encoder_depth=3, decoder_channels=[16, 8, 8])
 
 
@@ -37,23 +35,6 @@ def _cfg(**kw):
                 label_every=2, input_size=32, model_kwargs=TINY)
     base.update(kw)
     return SegTrainConfig(**base)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_tool_logging():
-    """A tool sets up the "breast_d2" console logger through detectron2's cached setup_logger,
-    which stops propagation to the root logger that caplog reads: undo that around each test."""
-    from detectron2.utils.logger import setup_logger
-
-    def reset():
-        setup_logger.cache_clear()
-        package = logging.getLogger("breast_d2")
-        package.handlers.clear()
-        package.propagate = True
-
-    reset()
-    yield
-    reset()
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +114,9 @@ def test_poly_lr_decays_to_zero_and_val_every_skips_validation(toy):
                            progress=False)
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _cli(*args, capsys=None):
     with pytest.raises(SystemExit) as exc:
-        _load_tool("train_breast_seg").main(list(args))
+        load_tool("train_breast_seg").main(list(args))
     err = capsys.readouterr().err
     return exc.value.code, err
 
@@ -219,7 +193,7 @@ def test_tool_writes_tensorboard_events_and_logs_the_eta(toy, capsys):
     argv = ["--data", toy, "--fold", "0", "--out", out, "--encoder", "resnet18",
             "--encoder-depth", "3", "--decoder-channels", "16,8,8", "--input-size", "32",
             "--batch-size", "4", "--label-every", "2", "--lr", "0.05"]
-    train = _load_tool("train_breast_seg").main
+    train = load_tool("train_breast_seg").main
     assert train(argv + ["--epochs", "1"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1
     epoch1 = os.path.join(toy, "epoch1.pth")

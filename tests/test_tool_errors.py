@@ -1,6 +1,5 @@
 """Every tool turns bad input into one ``error: ...`` line on stderr and exit code 2 (no
 traceback), before doing any work, and nothing is written outside its output folders."""
-import importlib.util
 import json
 import os
 import shutil
@@ -12,19 +11,9 @@ import torch
 
 from breast_d2.data.converted import read_fold
 from breast_d2.segmentation import build_model
-from toy_converted import make_toy_converted
+from helpers import QUICK, REPO, load_tool, make_toy_converted, tool_env, tool_path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
 TINY = dict(encoder_depth=3, decoder_channels=[16, 8, 8])
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}",
-                                                  os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fails(entry, argv, capsys):
@@ -65,23 +54,9 @@ def fake_data(tmp_path):
 # ----------------------------------------------------------------------------- train_net.py
 
 
-@pytest.fixture(autouse=True)
-def fresh_loggers():
-    """detectron2's setup_logger is cached: its handlers would keep writing to the stderr that
-    pytest captured for an earlier test (closed by now). Start every test without them."""
-    import logging
-
-    from detectron2.utils.logger import setup_logger
-
-    yield
-    setup_logger.cache_clear()
-    for name in ("detectron2", "fvcore", "breast_d2", "d2"):
-        logging.getLogger(name).handlers.clear()
-
-
 @pytest.fixture(scope="module")
 def train_net():
-    return _tool("train_net")
+    return load_tool("train_net")
 
 
 def _train_argv(fake_data, tmp_path, *extra):
@@ -146,7 +121,7 @@ def test_eval_only_refuses_a_pickle_payload(train_net, fake_data, tmp_path, caps
 
 
 def test_predict_errors(tmp_path, capsys):
-    predict = _tool("predict")
+    predict = load_tool("predict")
     case = tmp_path / "CASE"
     case.mkdir()
     base = ["--config-file", QUICK, "--images", case, "--out", tmp_path / "pred"]
@@ -169,7 +144,7 @@ def test_predict_errors(tmp_path, capsys):
 
 
 def test_cross_validate_folds_and_relative_paths(tmp_path, monkeypatch, capsys):
-    cv = _tool("cross_validate")
+    cv = load_tool("cross_validate")
     line = _fails(cv.parse_args, ["--config-file", QUICK, "--data", "D", "--folds", "a,b"], capsys)
     assert "--folds" in line and "'a,b'" in line
     monkeypatch.chdir(tmp_path)
@@ -220,7 +195,7 @@ def test_segmentation_tools_refuse_a_folder_that_is_not_converted(tmp_path, caps
     for tool, argv in (("train_breast_seg", ["--fold", 0, "--out", tmp_path / "o"]),
                        ("predict_breast_masks", ["--fold", 0, "--weights", weights]),
                        ("eval_breast_seg", ["--run", f"u={weights}", "--out", tmp_path / "e"])):
-        line = _main_fails(_tool(tool).main, ["--data", tmp_path, *argv], capsys)
+        line = _main_fails(load_tool(tool).main, ["--data", tmp_path, *argv], capsys)
         assert f"{tmp_path} is not a converted folder" in line and "missing splits.json" in line
 
 
@@ -230,13 +205,13 @@ def test_segmentation_tools_refuse_unwritable_out_garbage_weights_bad_splits(toy
     blocker.write_text("x")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"PK\x03\x04 not really a zip")
-    train = _tool("train_breast_seg").main
+    train = load_tool("train_breast_seg").main
     line = _main_fails(train, ["--data", toy, "--fold", 0, "--out", blocker / "o"], capsys)
     assert f"cannot write to output folder {blocker / 'o'}" in line
-    masks = _tool("predict_breast_masks").main
+    masks = load_tool("predict_breast_masks").main
     line = _main_fails(masks, ["--data", toy, "--fold", 0, "--weights", garbage], capsys)
     assert str(garbage) in line and "not a loadable breast segmentation checkpoint" in line
-    evaluate = _tool("eval_breast_seg").main
+    evaluate = load_tool("eval_breast_seg").main
     line = _main_fails(evaluate, ["--data", toy, "--run", f"u={garbage}", "--folds", 0,
                                   "--out", tmp_path / "ev"], capsys)
     assert str(garbage) in line
@@ -258,7 +233,7 @@ def test_segmentation_tools_refuse_unwritable_out_garbage_weights_bad_splits(toy
 
 
 def test_predict_breast_masks_missing_slice_is_an_error(toy, tmp_path, capsys):
-    masks = _tool("predict_breast_masks").main
+    masks = load_tool("predict_breast_masks").main
     train_ids, val_ids = read_fold(toy, 0)
     weights = _save_ckpt(tmp_path / "m.pth", train_ids)
     victim = val_ids[0]
@@ -291,13 +266,13 @@ def test_crafted_case_id_does_not_escape_the_data_folder(tmp_path, capsys):
     cases["cases"][0]["case_id"] = evil
     (data / "cases.json").write_text(json.dumps(cases))
     before = sorted(os.listdir(tmp_path / "inner"))
-    masks = _tool("predict_breast_masks").main
+    masks = load_tool("predict_breast_masks").main
     line = _main_fails(masks, ["--data", data, "--fold", 0, "--weights", weights], capsys)
     assert "'../../../evil' is not a plain file name" in line
     assert sorted(os.listdir(tmp_path / "inner")) == before
     for tool, argv in (("train_breast_seg", ["--fold", 0, "--out", tmp_path / "o"]),
                        ("eval_breast_seg", ["--run", f"u={weights}", "--out", tmp_path / "ev"])):
-        line = _main_fails(_tool(tool).main, ["--data", data, *argv], capsys)
+        line = _main_fails(load_tool(tool).main, ["--data", data, *argv], capsys)
         assert "is not a plain file name" in line
     assert sorted(os.listdir(tmp_path / "inner")) == before
 
@@ -322,9 +297,8 @@ def test_report_overlay_names_stay_in_the_output_folder(tmp_path):
 
 def test_subprocess_cli_is_one_line(tmp_path):
     """The real command line (``python tools/cross_validate.py``) as a user runs it."""
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "cross_validate.py"),
-                           "--config-file", QUICK, "--data", "D", "--folds", "a,b"],
-                          capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    proc = subprocess.run([sys.executable, tool_path("cross_validate"), "--config-file", QUICK,
+                           "--data", "D", "--folds", "a,b"],
+                          capture_output=True, text=True, env=tool_env(), cwd=str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.startswith("error: ")
     assert proc.stderr.count("\n") == 1

@@ -1,6 +1,5 @@
 """End to end on a tiny phantom: train_net (a few iterations), --eval-only FROC files,
 predict.py on a new case (output geometry = input geometry), pipeline resume."""
-import importlib.util
 import json
 import os
 import sys
@@ -11,34 +10,19 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from breast_d2.data.convert import convert_cohort
-from breast_d2.data.phantom import write_cohort
 from breast_d2.data.readers import CaseGeometry
 from breast_d2.inference import box_to_physical, candidate_label_volume
 from breast_d2.jobs import Parallel, Step, StepFailed, run_steps
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools",
-                                                                               f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import QUICK, load_tool
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(converted):
     """Tiny cohort (6 cases, 96 x 96 x 16), converted with 3 folds, detector trained 4 iters."""
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        cohort, data, out = (os.path.join(tmp, d) for d in ("phantom", "coco", "out"))
-        write_cohort(cohort, 6, seed=3, matrix=96, slices=16)
-        convert_cohort(os.path.join(cohort, "IMAGES"), data, labels=os.path.join(cohort, "LABELS"),
-                       masks=os.path.join(cohort, "MASKS"), num_folds=3, seed=0)
-        train_net = _load_tool("train_net")
+        (cohort, data), out = converted, os.path.join(tmp, "out")
+        train_net = load_tool("train_net")
         opts = ["OUTPUT_DIR", out, "INPUT.BREAST_MASK.SOURCE", "gt"]
         args = train_net.argument_parser().parse_args(
             ["--config-file", QUICK, "--fold", "0", "--data", data, *opts])
@@ -117,7 +101,7 @@ def test_predict_output_geometry_matches_input(trained):
                 "model_kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
                 "deep_supervision": False}, seg_weights)
     out = os.path.join(trained["tmp"], "pred")
-    predict = _load_tool("predict")
+    predict = load_tool("predict")
     predict.run(predict.parse_args([
         "--config-file", QUICK, "--weights", os.path.join(trained["out"], "fold0",
                                                           "model_final.pth"),
@@ -136,7 +120,7 @@ def test_predict_output_geometry_matches_input(trained):
 
 
 def test_predict_refuses_masked_model_without_segmentation(trained, capsys):
-    predict = _load_tool("predict")
+    predict = load_tool("predict")
     case_dir = os.path.join(trained["cohort"], "IMAGES", "PH0000")
     weights = os.path.join(trained["out"], "fold0", "model_final.pth")
     args = predict.parse_args(["--config-file", QUICK, "--weights", weights, "--images",
@@ -209,7 +193,7 @@ def test_parallel_lane_failure_stops_the_other_lane_and_names_the_log(tmp_path):
 
 
 def test_demo_trains_the_two_detectors_side_by_side_unless_sequential():
-    demo = _load_tool("demo")
+    demo = load_tool("demo")
     *_, group = demo.build_steps(demo.parse_args(["--out", "O"]))
     assert isinstance(group, Parallel) and group.threads == 1
     names = [[s.name for s in lane] for lane in group.lanes]
@@ -224,7 +208,7 @@ def test_demo_trains_the_two_detectors_side_by_side_unless_sequential():
 
 
 def test_cross_validation_steps_are_fold_correct():
-    cv = _load_tool("cross_validate")
+    cv = load_tool("cross_validate")
     args = cv.parse_args(["--config-file", QUICK, "--data", "D", "--folds", "0,2", "--out", "O"])
     steps = cv.build_steps(args)
     names = [s.name for s in steps]
