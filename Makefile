@@ -16,8 +16,9 @@ $(ENV): scripts/setup_env.sh requirements/requirements.txt requirements/test.txt
 demo: $(ENV)
 	$(PY) tools/demo.py --out output/demo
 
-# The test suite (tiny phantoms and configs; a few minutes on 2 CPU cores).
+# Lint (ruff.toml), then the test suite (tiny phantoms and configs; a few minutes on 2 CPU cores).
 test: $(ENV)
+	.venv/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 # Benchmarks whose results are recorded in BENCHMARKS.md (long; not part of the tests).
