@@ -26,6 +26,7 @@ import time
 import numpy as np
 import torch
 
+from breast_d2.cli import setup_tool_logging
 from breast_d2.data.converted import read_splits
 from breast_d2.segmentation import ARCH_LABELS, BreastMaskPredictor, build_model
 
@@ -117,7 +118,7 @@ def main():
     p.add_argument("--val-every", type=int, default=1)
     p.add_argument("--decoder-channels", default="", help="CV models, e.g. 32,32,16,16,8")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    setup_tool_logging(logging.INFO)
     torch.set_num_threads(args.threads)
     if not args.skip_throughput:
         print("| arch | encoder | input | batch | device | threads | slices/s |")

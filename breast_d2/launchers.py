@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import submitit
 from submitit.core.utils import FailedJobError
 
+from .cli import setup_tool_logging
 from .jobs import Step, StepFailed, is_step_done, run_steps
 
 __all__ = [
@@ -235,8 +236,7 @@ class FoldJob(submitit.helpers.Checkpointable):
         self.gpus = gpus
 
     def __call__(self) -> int:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                            datefmt="%H:%M:%S")
+        setup_tool_logging(logging.INFO)  # the job's log: OUT/logs/slurm/<job id>_0_log.out
         env = submitit.JobEnvironment()
         logger.info(f"fold {self.fold}: {env}")
         launch = launch_args(self.gpus, env.num_nodes, env.node, env.hostnames[0], env.job_id)

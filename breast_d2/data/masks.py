@@ -126,11 +126,12 @@ def _check_overlap(
     if np.any(hi_a <= lo_b) or np.any(hi_b <= lo_a):
         raise CohortError(
             f"case {case_id}: {kind} {path} does not overlap the images in space (world extent "
-            f"{_fmt(lo_a)}..{_fmt(hi_a)} mm vs {_fmt(lo_b)}..{_fmt(hi_b)} mm)"
+            f"{_mm_vector(lo_a)}..{_mm_vector(hi_a)} mm vs "
+            f"{_mm_vector(lo_b)}..{_mm_vector(hi_b)} mm)"
         )
 
 
-def _fmt(v: np.ndarray) -> str:
+def _mm_vector(v: np.ndarray) -> str:
     return "[" + ", ".join(f"{x:.1f}" for x in v) + "]"
 
 
