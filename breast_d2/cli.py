@@ -1,7 +1,10 @@
 """Shared helpers of the command-line tools: one-line errors, never a traceback or usage block.
 
 Every tool follows one convention: an :class:`OneLineErrorParser`, ``main(argv) -> int`` (exit
-code), and :func:`setup_tool_logging` for its console output.
+code), and :func:`setup_tool_logging` for its console output. The one exception is
+``tools/train_net.py``, which keeps detectron2's project skeleton (``default_argument_parser``,
+``main(args)`` under ``launch``, ``default_setup``'s logging) so that multi-GPU and multi-node runs
+work as in every detectron2 project; its ``cli(argv)`` turns bad input into one line.
 """
 import argparse
 import logging
