@@ -23,7 +23,7 @@ import os
 import re
 from typing import Dict, List, NamedTuple, Optional, Pattern, Sequence, Tuple, Union
 
-from .errors import CohortError
+from .errors import CohortError, case_id_index
 
 __all__ = [
     "CASE_FILE_SUFFIXES",
@@ -82,24 +82,11 @@ def _default_patterns(kind: str) -> Tuple[str, ...]:
     return MASK_PATTERNS if "mask" in kind.lower() else CASE_PATTERNS
 
 
-def _lower_index(case_ids: Sequence[str], kind: str) -> Dict[str, str]:
-    """``{case_id.lower(): case_id}``; two ids equal up to letter case cannot be told apart."""
-    index: Dict[str, str] = {}
-    for case_id in case_ids:
-        other = index.setdefault(case_id.lower(), case_id)
-        if other != case_id:
-            raise CohortError(
-                f"cases {other} and {case_id} differ only in letter case; their {kind} files "
-                "cannot be told apart"
-            )
-    return index
-
-
 class _Matcher:
     """Names -> case ids with the patterns, case-insensitively."""
 
     def __init__(self, case_ids: Sequence[str], patterns: Sequence[str], kind: str):
-        self.index = _lower_index(case_ids, kind)
+        self.index = case_id_index(case_ids, f"{kind} files")
         self.patterns: List[Pattern] = [re.compile(p, re.IGNORECASE) for p in patterns]
         for p in self.patterns:
             if "case" not in p.groupindex:

@@ -11,6 +11,7 @@ tree; each case is written into a temporary folder inside ``OUT/.tmp`` and renam
 its small record (``OUT/.convert_state/<case_id>.json``, used by ``resume``) is renamed last, so a
 case is either finished or absent; JSON files are written to a temporary file and ``os.replace``-d.
 A failing case stops the conversion with a :class:`~breast_d2.data.errors.CohortError` naming it.
+The folds, COCO files, ``cases.json`` and ``splits.json`` are written by :mod:`.cohort_files`.
 """
 import contextlib
 import fcntl
@@ -31,20 +32,20 @@ import SimpleITK as sitk
 from ..parallel import run_pool
 from ..fileio import atomic_folder, write_json_atomic
 from .case_files import find_case_files
+from .cohort_files import CATEGORIES, lesion_stratum, make_folds, write_cohort_files
 from .duke import SeriesMap, find_collection_root, read_series_map
 from .masks import read_mask_on_grid
-from .tables import iter_table, row_label
+from .tables import row_label
 from .boxes import (
     box_on_slices,
     check_box_in_volume,
     label_lesions,
     merge_close_lesions,
     read_box_rows,
-    slice_boxes_from_boxes,
     slice_boxes_from_components,
 )
 from .channels import compose_channels, parse_channels
-from .errors import CohortError, PathLike
+from .errors import CohortError, PathLike, case_id_index
 from .readers import CaseGeometry, find_phase_sources, iter_source_images, list_cases, read_volume
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The single COCO category of the project.
-CATEGORIES = [{"id": 1, "name": "mass", "supercategory": "lesion"}]
 _STATE_DIR = ".convert_state"  # per-case records of finished cases (what resume relies on)
 _TMP_DIR = ".tmp"  # per-case temporary folders, renamed into place when complete
 _LOG_NAME = "convert.log"
@@ -81,45 +81,6 @@ class _CaseJob(NamedTuple):
     settings: dict
     series_map: Optional[SeriesMap] = None  # this case's rows of TCIA's filepath mapping only
     tmp_dir: str = _TMP_DIR  # temporary folder inside ``out`` (one per shard)
-
-
-# ----------------------------------------------------------------------------- folds
-
-
-def lesion_stratum(num_lesions: int) -> int:
-    """Stratum of a case for fold splitting: 0, 1 or 2 (= two or more lesions)."""
-    return min(int(num_lesions), 2)
-
-
-def make_folds(lesion_counts: Mapping[str, int], num_folds: int, seed: int) -> List[List[str]]:
-    """Patient-level stratified k-fold split.
-
-    Cases are grouped by :func:`lesion_stratum`; each group is shuffled with ``seed`` and dealt
-    round-robin over the folds, continuing where the previous group stopped, so fold sizes differ
-    by at most one and every stratum is spread evenly. Same counts and seed -> same split.
-
-    Args:
-        lesion_counts: ``{case_id: number of lesions}``.
-        num_folds: K, 2 <= K <= number of cases.
-        seed: shuffling seed.
-
-    Returns:
-        K sorted lists of case ids (the validation cases of each fold); each case is in exactly one.
-    """
-    if not 2 <= num_folds <= len(lesion_counts):
-        raise CohortError(
-            f"cannot split {len(lesion_counts)} case(s) into {num_folds} folds "
-            "(need 2 <= folds <= number of cases)"
-        )
-    rng = np.random.default_rng(seed)
-    folds: List[List[str]] = [[] for _ in range(num_folds)]
-    k = 0
-    for stratum in range(3):
-        group = sorted(c for c, n in lesion_counts.items() if lesion_stratum(n) == stratum)
-        for i in rng.permutation(len(group)):
-            folds[k % num_folds].append(group[i])
-            k += 1
-    return [sorted(f) for f in folds]
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -155,14 +116,9 @@ def _check_out(out: str, inputs: Sequence[Optional[str]], resume: bool) -> None:
         )
 
 
-def _case_lookup(cases: Sequence[str]) -> Dict[str, str]:
-    """``{lower-case id: id}``: tables and label files may spell a case id in another case."""
-    return {c.lower(): c for c in cases}
-
-
 def _boxes_by_case(boxes_csv: str, cases: Sequence[str], images: str, orphans: dict) -> dict:
     """Box rows per case; rows of cases without images (a partial download) are skipped."""
-    lookup = _case_lookup(cases)
+    lookup = case_id_index(cases, "box rows")
     by_case: Dict[str, list] = {c: [] for c in cases}
     for row in read_box_rows(boxes_csv):
         case_id = lookup.get(row.case_id.lower())
@@ -443,54 +399,7 @@ def _run_jobs(
     return records, skipped
 
 
-# ----------------------------------------------------------------------------- COCO / JSON
-
-
-def _slice_boxes(record: dict) -> list:
-    if record["slice_boxes"] is not None:
-        return record["slice_boxes"]
-    return slice_boxes_from_boxes(record["boxes"], record["shape"][2])
-
-
-def _coco_entries(records: Sequence[dict]) -> Dict[str, Tuple[list, list]]:
-    """``{case_id: (images, annotations)}``; ids unique over the cohort, the same in every fold."""
-    entries, image_id, ann_id = {}, 0, 0
-    for rec in records:
-        width, height, depth = rec["shape"]
-        images, anns = [], []
-        for z, boxes in enumerate(_slice_boxes(rec)):
-            image_id += 1
-            images.append({
-                "id": image_id,
-                "file_name": f"slices/{rec['case_id']}/{z:04d}.png",
-                "height": height,
-                "width": width,
-                "case_id": rec["case_id"],
-                "slice_index": z,
-            })  # fmt: skip
-            for lesion_index, (x0, y0, x1, y1) in boxes:
-                ann_id += 1
-                anns.append({
-                    "id": ann_id,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                    "lesion_index": lesion_index,
-                })  # fmt: skip
-        entries[rec["case_id"]] = (images, anns)
-    return entries
-
-
-def _coco_file(entries, case_ids: Sequence[str], description: str) -> dict:
-    return {
-        "info": {"description": description, "version": "1.0"},
-        "licenses": [],
-        "images": [im for c in case_ids for im in entries[c][0]],
-        "annotations": [a for c in case_ids for a in entries[c][1]],
-        "categories": CATEGORIES,
-    }
+# ----------------------------------------------------------------------------- cohort files
 
 
 def _refresh_csv_boxes(records: List[dict], jobs: Mapping[str, _CaseJob]) -> None:
@@ -501,53 +410,6 @@ def _refresh_csv_boxes(records: List[dict], jobs: Mapping[str, _CaseJob]) -> Non
             geom = CaseGeometry.from_dict(rec["geometry"])
             rec["boxes"] = _case_lesions(job, geom, rec.get("file_numbers"))[0]
             rec["slice_boxes"] = None
-
-
-def read_test_cases(path: str, cases: Sequence[str]) -> List[str]:
-    """Held-out test cases of MAMA-MIA's ``train_test_splits.csv`` (column ``test_split``).
-
-    Ids are matched to the converted cases without regard to letter case; test ids without
-    images (a partial download) are counted in a warning.
-
-    Returns:
-        sorted case ids (as the images spell them).
-    """
-    lookup, test, absent = _case_lookup(cases), set(), 0
-    for _, cells in iter_table(path, ("test_split",)):
-        name = cells["test_split"]
-        if name:
-            if name.lower() in lookup:
-                test.add(lookup[name.lower()])
-            else:
-                absent += 1
-    if absent:
-        logger.warning("%s: %d test case(s) have no images; ignored", path, absent)
-    return sorted(test)
-
-
-def _write_outputs(out: str, records: List[dict], settings: dict, skipped: List[dict]) -> None:
-    num_folds, seed = settings["folds"], settings["seed"]
-    keys = ("case_id", "shape", "spacing", "boxes", "has_mask", "num_phases", "phases",
-            "file_numbers")  # fmt: skip
-    cases = [{k: r.get(k) for k in keys} for r in records]
-    all_ids = [r["case_id"] for r in records]
-    test = read_test_cases(settings["splits_from"], all_ids) if settings["splits_from"] else []
-    pool = [r for r in records if r["case_id"] not in set(test)]
-    folds = make_folds({r["case_id"]: len(r["boxes"]) for r in pool}, num_folds, seed)
-    pool_ids = [r["case_id"] for r in pool]
-    splits = {"num_folds": num_folds, "seed": seed, "folds": []}
-    entries = _coco_entries(records)
-    for k, val in enumerate(folds):
-        train = [c for c in pool_ids if c not in set(val)]
-        splits["folds"].append({"fold": k, "train": train, "val": val})
-        for split, ids in (("train", train), ("val", val)):
-            coco = _coco_file(entries, ids, f"fold {k} {split}")
-            write_json_atomic(os.path.join(out, f"fold{k}_{split}.json"), coco)
-    if settings["splits_from"]:
-        splits.update(test=test, splits_from=settings["splits_from"])
-        write_json_atomic(os.path.join(out, "test.json"), _coco_file(entries, test, "test"))
-    write_json_atomic(os.path.join(out, "splits.json"), splits)
-    write_json_atomic(os.path.join(out, "cases.json"), {"cases": cases, "skipped": skipped})
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -864,7 +726,7 @@ def _convert(jobs, out, run, handler, t0) -> dict:
         write_json_atomic(_shard_summary_path(out, run["shard"]), {"skipped": skipped})
     else:
         _refresh_csv_boxes(records, {j.case_id: j for j in jobs})
-        _write_outputs(out, records, run, skipped)
+        write_cohort_files(out, records, run, skipped)
     summary = {
         "out": out,
         "cases": len(records),

@@ -47,7 +47,7 @@ from .dicom import (
     scan_case_series,
     sort_slices,
 )
-from .errors import CohortError, PathLike
+from .errors import CohortError, PathLike, case_id_index
 from .tables import iter_table, row_label
 
 __all__ = [
@@ -343,7 +343,7 @@ def read_series_map(path: PathLike, case_ids: Optional[Iterable[str]] = None) ->
         CohortError: missing columns, or a row whose paths cannot be parsed (names file and row).
     """
     path = os.fspath(path)
-    wanted = None if case_ids is None else {c.lower(): c for c in case_ids}
+    wanted = None if case_ids is None else case_id_index(case_ids, "series map rows")
     cases: Dict[str, Dict[str, _MapSeries]] = {}
     rows = skipped = 0
     for row, cells in iter_table(path, MAP_COLUMNS):

@@ -7,9 +7,9 @@ A tiny module with no third-party imports, so that :mod:`.readers`, :mod:`.boxes
 import logging
 import os
 import re
-from typing import Union
+from typing import Dict, Iterable, Union
 
-__all__ = ["CohortError", "one_line", "check_case_id", "PathLike"]
+__all__ = ["CohortError", "one_line", "check_case_id", "case_id_index", "PathLike"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,3 +52,25 @@ def check_case_id(case_id: str, where: str = "") -> str:
         )
     return case_id
 
+
+
+def case_id_index(case_ids: Iterable[str], what: str = "files") -> Dict[str, str]:
+    """``{case_id.lower(): case_id}``: tables and label files may spell a case id in another case.
+
+    Args:
+        case_ids: the case ids of the images.
+        what: what the ids are matched to, for the message (e.g. ``"mask files"``).
+
+    Raises:
+        CohortError: two case ids that differ only in letter case (their files could not be told
+            apart, so one case would silently take the other's).
+    """
+    index: Dict[str, str] = {}
+    for case_id in case_ids:
+        other = index.setdefault(case_id.lower(), case_id)
+        if other != case_id:
+            raise CohortError(
+                f"cases {other} and {case_id} differ only in letter case; their {what} cannot be "
+                "told apart"
+            )
+    return index
