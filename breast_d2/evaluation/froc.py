@@ -13,6 +13,8 @@ Definitions (LUNA16 style, see the FROC issue):
   rates. ``*_interp``: the same read off the linearly interpolated curve starting at (0, 0), as
   LUNA16/nnDetection do (``np.interp`` semantics: constant beyond the last point).
 - 95% CI: percentile bootstrap over cases (resampled with replacement, seeded).
+- ``sensitivity_by_size``: the same readings for the masses of each size band
+  (:mod:`.sizes`: < 10, 10-20, 20-50, > 50 mm), FP per case still the whole cohort's.
 
 Sensitivities are fractions in [0, 1]; NaN (``null`` in JSON) when there are no masses.
 
@@ -38,6 +40,7 @@ from .matching import (
     match_candidates,
 )
 from .params import FROCParams
+from .sizes import SIZE_BANDS, lesion_sizes_mm, size_band_index
 from .tables import format_folds_table, format_froc_table
 
 if TYPE_CHECKING:  # re-exported lazily by __getattr__ below (folds.py imports this module)
@@ -47,6 +50,7 @@ __all__ = [
     "FP_RATES",
     "CPM_RATES",
     "FP_GRID",
+    "SIZE_BANDS",
     "HIT_CRITERIA",
     "DUPLICATE_MODES",
     "FROCParams",
@@ -311,7 +315,13 @@ def compute_froc(
         The ``froc.json`` dict: ``num_cases``, ``num_lesions``, ``num_candidates``, ``params``,
         ``curve`` (``thresholds`` desc, ``fp_per_case``, ``sensitivity``; corner points only),
         ``sensitivity_at``/``threshold_at``/``sensitivity_at_interp`` keyed by
-        :func:`rate_key`, ``cpm``, ``cpm_interp``, ``ci95`` (None without bootstrap), ``case_ids``.
+        :func:`rate_key`, ``cpm``, ``cpm_interp``, ``ci95`` (None without bootstrap),
+        ``case_ids``, and ``sensitivity_by_size``: ``{band: {"num_lesions", "sensitivity_at",
+        "sensitivity_at_interp", "cpm", "cpm_interp", "curve"}}`` for the bands of
+        :data:`~breast_d2.evaluation.sizes.SIZE_BANDS` (mass size = largest extent in mm from
+        its box and the case's ``"spacing"``; a band's sensitivity at rate r uses the same
+        score threshold, hence the cohort's FP per case, as the whole curve at r), or None
+        when the cases have no ``"spacing"``.
 
     Raises:
         FROCInputError: bad parameters (:func:`check_froc_params`), malformed candidates or
@@ -343,9 +353,6 @@ def compute_froc(
     tp_scores, tp_case = lesion_score[detected], gt_case[detected]
 
     thresholds, fp, tp = _full_curve(cands.scores, fp_scores, tp_scores)
-    keep = _compress(tp)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sens_curve = tp[keep] / num_lesions if num_lesions else np.full(int(keep.sum()), np.nan)
     lesions_per_case = np.bincount(gt_case, minlength=n)
     events = _event_arrays(fp_scores, fp_case, tp_scores, tp_case)
     rates = tuple(float(r) for r in rates)
@@ -360,23 +367,79 @@ def compute_froc(
         "num_candidates": len(cands),
         "num_false_positives": int(is_fp.sum()),
         "params": {"hit": hit, "iou_thresh": float(iou_thresh), "duplicates": duplicates},
-        "curve": {
-            "thresholds": thresholds[keep].tolist(),
-            "fp_per_case": (fp[keep] / n).tolist(),
-            "sensitivity": sens_curve.tolist(),
-        },
+        "curve": _curve_dict(thresholds, fp, tp, num_lesions, n),
         "sensitivity_at": _keyed(rates, step[0, :r]),
         "threshold_at": _keyed(rates, _thresholds_at(rates, n, thresholds, fp, tp)),
         "cpm": float(np.mean(step[0, r:])),
         "sensitivity_at_interp": _keyed(rates, interp[0, :r]),
         "cpm_interp": float(np.mean(interp[0, r:])),
+        "sensitivity_by_size": None,
         "ci95": None,
         "bootstrap": {"resamples": int(bootstrap), "seed": int(seed)},
         "case_ids": case_ids,
     }
+    sizes = lesion_sizes_mm(ground_truth_cases, case_ids, gt_case, gt_boxes)
+    if sizes is not None:
+        by_size = _sensitivity_by_size(sizes, lesion_score, gt_case, cands.scores, fp_scores,
+                                       fp_case, rates, n)
+        result["sensitivity_by_size"] = by_size
     if bootstrap > 0:
         result["ci95"] = _bootstrap_ci(events, lesions_per_case, rates, bootstrap, seed)
     return result
+
+
+def _curve_dict(
+    thresholds: np.ndarray, fp: np.ndarray, tp: np.ndarray, num_lesions: int, n: int
+) -> Dict[str, List[float]]:
+    """``froc.json``'s curve from :func:`_full_curve` (corner points only; NaN: no masses)."""
+    keep = _compress(tp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = tp[keep] / num_lesions if num_lesions else np.full(int(keep.sum()), np.nan)
+    return {
+        "thresholds": thresholds[keep].tolist(),
+        "fp_per_case": (fp[keep] / n).tolist(),
+        "sensitivity": sens.tolist(),
+    }
+
+
+def _sensitivity_by_size(
+    sizes: np.ndarray,
+    lesion_score: np.ndarray,
+    gt_case: np.ndarray,
+    all_scores: np.ndarray,
+    fp_scores: np.ndarray,
+    fp_case: np.ndarray,
+    rates: Tuple[float, ...],
+    n: int,
+) -> Dict[str, Dict[str, Any]]:
+    """``froc.json``'s ``sensitivity_by_size``: the FROC of each size band's masses.
+
+    A band's sensitivity is over its own masses, but the FP axis stays the whole cohort's: at
+    rate r it is read at the same score threshold as the whole curve at r (every false positive
+    of every case counts, whatever the size of the masses). Bands: :mod:`.sizes`.
+    """
+    band = size_band_index(sizes)
+    all_rates = rates + CPM_RATES
+    r = len(rates)
+    ones = np.ones((1, n), dtype=np.int64)
+    out: Dict[str, Dict[str, Any]] = {}
+    for b, name in enumerate(SIZE_BANDS):
+        in_band = band == b
+        det = in_band & np.isfinite(lesion_score)
+        tp_scores, tp_case = lesion_score[det], gt_case[det]
+        per_case = np.bincount(gt_case[in_band], minlength=n)
+        events = _event_arrays(fp_scores, fp_case, tp_scores, tp_case)
+        step, interp = _weighted_readings(*events, ones, per_case, all_rates)
+        curve = _full_curve(all_scores, fp_scores, tp_scores)
+        out[name] = {
+            "num_lesions": int(in_band.sum()),
+            "sensitivity_at": _keyed(rates, step[0, :r]),
+            "sensitivity_at_interp": _keyed(rates, interp[0, :r]),
+            "cpm": float(np.mean(step[0, r:])),
+            "cpm_interp": float(np.mean(interp[0, r:])),
+            "curve": _curve_dict(*curve, int(in_band.sum()), n),
+        }
+    return out
 
 
 def _thresholds_at(
