@@ -15,7 +15,7 @@ from .evaluation.tables import format_cell, format_range, markdown_table
 from .fileio import atomic_path, path_inside, write_atomic
 from .visualize import case_montage
 
-__all__ = ["froc_table", "write_overlays", "write_report", "STUDY_SENS_AT_3_4"]
+__all__ = ["froc_table", "size_table", "write_overlays", "write_report", "STUDY_SENS_AT_3_4"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ _STUDY_POINT = (3.4, STUDY_SENS_AT_3_4, "study")
 
 
 def froc_table(runs: Mapping[str, Mapping]) -> str:
-    """Markdown table, one row per run: sensitivity at each FP rate, CPM, 95% CI at 3.4.
+    """Markdown table, one row per run: sensitivity at each FP rate, "CPM (step)",
+    "CPM (interp.)" and the 95% CI at 3.4.
 
     Args:
         runs: ``{run name: compute_froc result (froc.json)}``, one row each in this order.
@@ -37,10 +38,32 @@ def froc_table(runs: Mapping[str, Mapping]) -> str:
         rows.append(
             [name, str(res["num_cases"]), str(res["num_lesions"])]
             + [format_cell(res["sensitivity_at"].get(r)) for r in rates]
-            + [format_cell(res.get("cpm")), format_range(ci)]
+            + [format_cell(res.get("cpm")), format_cell(res.get("cpm_interp")), format_range(ci)]
         )
     headers = ["run", "cases", "masses"] + [f"sens@{r}" for r in rates]
-    return markdown_table(headers + ["CPM", "95% CI sens@3.4"], rows) + "\n"
+    headers += ["CPM (step)", "CPM (interp.)", "95% CI sens@3.4"]
+    return markdown_table(headers, rows) + "\n"
+
+
+def size_table(runs: Mapping[str, Mapping], rate: str = "3.4") -> Optional[str]:
+    """Markdown table, one row per run: sensitivity at ``rate`` FP per case in each mass-size
+    band (``sensitivity_by_size`` of froc.json), each cell followed by the band's masses.
+
+    Returns:
+        The table, or None when no run has ``sensitivity_by_size``.
+    """
+    sized = {n: r["sensitivity_by_size"] for n, r in runs.items() if r.get("sensitivity_by_size")}
+    if not sized:
+        return None
+    bands = list(next(iter(sized.values())))
+    rows = [
+        [name]
+        + [f"{format_cell(by[b]['sensitivity_at'].get(rate))} ({by[b]['num_lesions']})"
+           for b in bands]
+        for name, by in sized.items()
+    ]
+    headers = ["run"] + [f"{b} mm" for b in bands]
+    return markdown_table(headers, rows) + "\n"
 
 
 def _read_case_slices(data_root: str, case_id: str, num_slices: int, sub: str) -> np.ndarray:
@@ -126,6 +149,16 @@ def write_report(
         "![FROC curves](froc_runs.png)",
         "",
     ]
+    sizes = size_table(runs)
+    if sizes:
+        lines += [
+            "### Sensitivity at 3.4 FP per case by mass size",
+            "",
+            "Size: the largest extent of the mass's box in mm (masses of the band in brackets); "
+            "FP per case counts every case's false positives.",
+            "",
+            sizes,
+        ]
     if overlays:
         lines += ["## Examples (green: ground truth, amber: candidates with scores, blue: breast "
                   "mask outline)", ""]

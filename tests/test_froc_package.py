@@ -148,10 +148,14 @@ def test_report_froc_table_and_figure(tmp_path):
     md = froc_table({"masked": res, "plain": dict(res, ci95=None)})
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.strip().splitlines()]
     assert rows[0][:4] == ["run", "cases", "masses", "sens@0.125"]
-    assert rows[0][-2:] == ["CPM", "95% CI sens@3.4"] and len(rows[0]) == 3 + 8 + 2
+    assert rows[0][-3:] == ["CPM (step)", "CPM (interp.)", "95% CI sens@3.4"]
+    assert len(rows[0]) == 3 + 8 + 3
     assert rows[2][:3] == ["masked", "2", "2"] and rows[2][3:11] == ["0.500"] * 8
-    assert rows[2][11] == "0.500" and "–" in rows[2][12]
-    assert rows[3][12] == "n/a"  # no bootstrap: no CI
+    assert rows[2][11:13] == ["0.500", "0.500"] and "–" in rows[2][13]
+    assert rows[3][13] == "n/a"  # no bootstrap: no CI
+    step_only = dict(res, cpm=0.25, cpm_interp=0.375)  # the two CPMs land in their own columns
+    cells = froc_table({"x": step_only}).splitlines()[2].strip("|").split("|")
+    assert [c.strip() for c in cells][11:13] == ["0.250", "0.375"]
     out = tmp_path / "runs.png"
     plot_froc_runs({"masked": res}, str(out), reference=(3.4, 0.874, "study"))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -164,7 +168,10 @@ def test_format_froc_table_keeps_numbers_and_columns():
     title, blank, *table = text.splitlines()
     assert title.startswith("FROC: 2 cases, 2 masses, 1 candidates (iou3d, IoU > 0.5")
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table]
-    assert rows[0] == ["FP/case", "Sensitivity", "95% CI", "Threshold", "Sens. (interp.)"]
-    assert [r[0] for r in rows[2:]] == list(res["sensitivity_at"]) + ["**CPM**"]
-    assert rows[2][1] == "0.500" and rows[2][3] == "0.9000"
-    assert rows[-1][1] == "0.500" and rows[-1][3] == ""
+    assert rows[0] == ["FP/case", "Sensitivity", "95% CI", "Threshold", "Sens. (interp.)",
+                       "95% CI (interp.)"]
+    labels = list(res["sensitivity_at"]) + ["**CPM (step)**", "**CPM (interp.)**"]
+    assert [r[0] for r in rows[2:]] == labels
+    assert rows[2][1] == "0.500" and rows[2][3] == "0.9000" and "–" in rows[2][5]
+    assert rows[-2][1] == "0.500" and rows[-2][3] == "" and rows[-2][4] == ""
+    assert rows[-1][1] == "" and rows[-1][4] == "0.500" and "–" in rows[-1][5]

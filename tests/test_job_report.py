@@ -30,9 +30,15 @@ def test_write_report_tables_figure_and_overlay(tmp_path):
                         step_times={"train": 12.4})
     rows = _cells(open(path).read())
     header = rows[0]
-    assert header[:3] == ["run", "cases", "masses"] and header[-2:] == ["CPM", "95% CI sens@3.4"]
+    assert header[:3] == ["run", "cases", "masses"]
+    assert header[-3:] == ["CPM (step)", "CPM (interp.)", "95% CI sens@3.4"]
     masked = rows[2]
     assert masked[:3] == ["masked", "2", "1"]
-    assert masked[header.index("sens@3.4")] == "1.000" and masked[header.index("CPM")] == "1.000"
+    assert masked[header.index("sens@3.4")] == "1.000"
+    assert masked[header.index("CPM (step)")] == "1.000"
+    assert masked[header.index("CPM (interp.)")] == "1.000"
+    # Size bands: the toy spacing is 0.7 x 0.7 x 2 mm, the 8 x 8 x 2 voxel mass is 5.6 mm.
+    sizes = rows[rows.index(["run", "<10 mm", "10-20 mm", "20-50 mm", ">50 mm"]) + 2]
+    assert sizes == ["masked", "1.000 (1)", "n/a (0)", "n/a (0)", "n/a (0)"]
     assert ["train", "12"] in rows
     assert sorted(os.listdir(out)) == ["REPORT.md", "froc_runs.png", "overlay_TOY0000.png"]

@@ -61,7 +61,8 @@ def _save(fig: Figure, path: str) -> None:
 
 
 def plot_froc(result: Mapping[str, Any], path: str) -> None:
-    """FROC curve with its bootstrap 95% band, log FP axis, the 3.4 FP point marked.
+    """FROC curve with its bootstrap 95% band, log FP axis, the 3.4 FP point marked, and one
+    dashed curve per mass-size band with masses (``sensitivity_by_size``).
 
     Args:
         result: a ``compute_froc`` result (``froc.json``).
@@ -81,9 +82,19 @@ def plot_froc(result: Mapping[str, Any], path: str) -> None:
         ax.fill_between(ci["fp_per_case"], lo, hi, step="post", alpha=0.25, color="C0", label=label)
     fp, sens = _curve_xy(result["curve"], 16.0)
     ax.plot(fp, sens, color="C0", label=f"{params.get('hit', '')} curve")
+    _plot_size_bands(ax, result.get("sensitivity_by_size") or {})
     _mark(ax, float(_MARK_RATE), result["sensitivity_at"].get(_MARK_RATE), "C3")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize="small")
     _save(fig, path)
+
+
+def _plot_size_bands(ax, by_size: Mapping[str, Mapping[str, Any]]) -> None:
+    """Dashed curve of each mass-size band that has masses (FP axis: the whole cohort's)."""
+    for k, (name, band) in enumerate(by_size.items()):
+        if band["num_lesions"]:
+            fp, sens = _curve_xy(band["curve"], 16.0)
+            label = f"{name} mm ({band['num_lesions']} masses)"
+            ax.plot(fp, sens, color=f"C{k + 4}", ls="--", lw=1, label=label)
 
 
 def plot_folds(agg: Mapping[str, Any], path: str) -> None:
