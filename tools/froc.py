@@ -15,6 +15,13 @@ prints a markdown table; writes DIR/froc_folds.json, froc_folds.md, froc_folds.p
 
     python tools/froc.py --folds out/fold0/inference out/fold1/inference ... --out out/froc
 
+Paired comparison of two runs on the same cases (candidates.json files, with --ground-truth
+[--splits --fold], or evaluation folders holding froc.json + candidates.json; prints one line;
+writes DIR/compare.json: CPM(A), CPM(B), A - B and its 95% interval from --bootstrap case
+resamples shared by both runs)::
+
+    python tools/froc.py --compare out/a/inference out/b/inference --out out/compare
+
 The work is done by :mod:`breast_d2.evaluation.froc`. Bad input stops with one line
 ``error: ...`` on stderr and exit code 2.
 """
@@ -25,6 +32,7 @@ import sys
 
 from breast_d2.cli import OneLineErrorParser, setup_tool_logging
 from breast_d2.data.converted import fold_case_ids, read_splits
+from breast_d2.evaluation.compare import compare_froc, format_compare_line, load_run
 from breast_d2.evaluation.folds import evaluate_fold_dirs
 from breast_d2.evaluation.froc import (
     DUPLICATE_MODES,
@@ -49,6 +57,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--candidates", help="candidates JSON (single run)")
     parser.add_argument("--ground-truth", help="the converter's cases.json")
     parser.add_argument("--folds", nargs="+", metavar="DIR", help="fold output folders")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="two runs (candidates JSON or eval folders) on the same cases")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--splits", help="splits.json; with --fold, evaluate its validation cases")
     parser.add_argument("--fold", type=int, help="fold index in --splits")
@@ -108,11 +118,42 @@ def run_folds(args) -> str:
     return table
 
 
+def run_compare(args) -> str:
+    if args.candidates or args.folds:
+        raise FROCInputError("--compare takes no --candidates/--folds")
+    if (args.splits is None) != (args.fold is None):
+        raise FROCInputError("--splits and --fold go together")
+    val_ids = None
+    if args.splits:
+        val_ids = fold_case_ids(read_splits(args.splits), args.fold, args.splits)[1]
+    (cands_a, cases_a), (cands_b, cases_b) = (
+        load_run(p, args.ground_truth, val_ids) for p in args.compare
+    )
+    result = compare_froc(
+        cands_a,
+        cands_b,
+        cases_a,
+        cases_b,
+        hit=args.hit,
+        iou_thresh=args.iou,
+        duplicates=args.duplicates,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+    )
+    result["inputs"] = {"a": os.path.abspath(args.compare[0]),
+                        "b": os.path.abspath(args.compare[1])}
+    write_json_atomic(os.path.join(args.out, "compare.json"), result, indent=1)
+    return format_compare_line(result)
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_tool_logging(logging.WARNING)
     try:
-        table = run_folds(args) if args.folds else run_single(args)
+        if args.compare:
+            table = run_compare(args)
+        else:
+            table = run_folds(args) if args.folds else run_single(args)
     except (ValueError, OSError, KeyError, TypeError) as e:  # FROCInputError is a ValueError
         msg = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
         sys.stderr.write(f"error: {msg}\n")

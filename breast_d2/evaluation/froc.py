@@ -58,6 +58,8 @@ __all__ = [
     "rate_key",
     "check_froc_params",
     "compute_froc",
+    "bootstrap_weights",
+    "cpm_readings",
     "match_candidates",
     "curve_sensitivity",
     "aggregate_folds",
@@ -457,6 +459,56 @@ def _thresholds_at(
     return out
 
 
+def bootstrap_weights(num_cases: int, resamples: int, seed: int) -> np.ndarray:
+    """[B, N] int64: how often each case is drawn in each case resample (with replacement).
+
+    Row ``b`` is ``np.random.default_rng(seed).integers(0, N, (B, N))[b]`` counted per case, so
+    the same seed gives the same resamples to every run on the same N cases (paired bootstrap).
+    """
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, num_cases, size=(resamples, num_cases))
+    flat = (draws + np.arange(resamples)[:, None] * num_cases).ravel()
+    return np.bincount(flat, minlength=resamples * num_cases).reshape(resamples, num_cases)
+
+
+def cpm_readings(
+    candidates: Candidates,
+    ground_truth_cases: Sequence[Mapping[str, Any]],
+    weights: np.ndarray,
+    hit: str = FROCParams.hit,
+    iou_thresh: float = FROCParams.iou_thresh,
+    duplicates: str = FROCParams.duplicates,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Step and interpolated CPM for each row of case weights.
+
+    Args:
+        candidates, ground_truth_cases, hit, iou_thresh, duplicates: as :func:`compute_froc`.
+        weights: [B, N] case weights in the order of the sorted case ids (a row of ones: the
+            cases themselves; :func:`bootstrap_weights`: resamples).
+
+    Returns:
+        ``(cpm [B], cpm_interp [B])`` (NaN for rows without masses).
+    """
+    check_froc_params(hit, iou_thresh, duplicates)
+    cands = as_candidate_arrays(candidates)
+    case_ids, gt_case, gt_boxes = ground_truth_arrays(ground_truth_cases)
+    n = len(case_ids)
+    if weights.ndim != 2 or weights.shape[1] != n:
+        raise ValueError(f"weights must be [B, {n}], got {list(weights.shape)}")
+    cand_case = candidate_case_index(cands, case_ids)
+    is_fp, lesion_score = match_candidates(
+        cand_case, cands.boxes, cands.scores, gt_case, gt_boxes, n,
+        hit=hit, iou_thresh=iou_thresh, duplicates=duplicates,
+    )
+    detected = np.isfinite(lesion_score)
+    events = _event_arrays(
+        cands.scores[is_fp], cand_case[is_fp], lesion_score[detected], gt_case[detected]
+    )
+    per_case = np.bincount(gt_case, minlength=n)
+    step, interp = _weighted_readings(*events, weights, per_case, CPM_RATES)
+    return step.mean(axis=1), interp.mean(axis=1)
+
+
 def _bootstrap_ci(
     events: Tuple[np.ndarray, np.ndarray, np.ndarray],
     lesions_per_case: np.ndarray,
@@ -464,11 +516,7 @@ def _bootstrap_ci(
     resamples: int,
     seed: int,
 ) -> Dict[str, Any]:
-    n = lesions_per_case.size
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(resamples, n))
-    flat = (draws + np.arange(resamples)[:, None] * n).ravel()
-    weights = np.bincount(flat, minlength=resamples * n).reshape(resamples, n)
+    weights = bootstrap_weights(lesions_per_case.size, resamples, seed)
     all_rates = rates + CPM_RATES + FP_GRID
     step, interp = _weighted_readings(*events, weights, lesions_per_case, all_rates)
     r, c = len(rates), len(CPM_RATES)
