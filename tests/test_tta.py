@@ -156,3 +156,24 @@ def test_eval_only_with_flip_writes_froc(converted, monkeypatch):
             num_slices = sum(c["shape"][2] for c in json.load(f)["cases"]
                              if c["case_id"] in val_cases)
         assert sum(calls) == num_slices  # every validation slice went through the flip wrapper
+
+
+def test_case_detector_runs_the_flip_when_the_key_is_on(tmp_path):
+    from detectron2.modeling import build_model
+
+    from breast_d2.inference import CaseDetector
+
+    torch.set_num_threads(1)
+    cfg = load_breast_config(QUICK, ["INPUT.BREAST_MASK.ENABLED", "False", "MODEL.DEVICE", "cpu"])
+    weights = str(tmp_path / "init.pth")
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    assert not isinstance(CaseDetector(cfg, weights).model, BreastFlipTTA)
+    cfg.TEST.BREAST_TTA.FLIP = True
+    detector = CaseDetector(cfg, weights)
+    assert isinstance(detector.model, BreastFlipTTA) and not detector.model.training
+    images = np.random.default_rng(0).integers(0, 255, (2, 40, 56, 3), dtype=np.uint8)
+    detections = detector.detect_slices(images, "PH0000", progress=False)
+    assert detections  # an untrained box head still scores its proposals above 0.05
+    for d in detections:  # boxes in the input slice's frame, un-flipped
+        x0, y0, x1, y1 = d["box"]
+        assert 0 <= x0 <= x1 <= 56 and 0 <= y0 <= y1 <= 40 and 0 <= d["score"] <= 1
