@@ -12,6 +12,7 @@ def add_breast_config(cfg: CN) -> None:
     _add_mask_config(cfg)
     _add_solver_config(cfg)
     _add_froc_config(cfg)
+    _add_tta_config(cfg)
 
 
 def _add_dataset_config(cfg: CN) -> None:
@@ -66,3 +67,14 @@ def _add_froc_config(cfg: CN) -> None:
     cfg.TEST.FROC.DUPLICATES = d.duplicates
     # Bootstrap resamples of cases for the 95% confidence interval (0 turns it off).
     cfg.TEST.FROC.BOOTSTRAP = d.bootstrap
+
+
+def _add_tta_config(cfg: CN) -> None:
+    # Test-time flip (breast_d2/modeling/tta.py). Not detectron2's TEST.AUG, which is its own
+    # multi-scale TTA merged by NMS (and has FLIP True by default).
+    cfg.TEST.BREAST_TTA = CN()
+    # Also run each test slice mirrored left-right, fusing the two passes' boxes by weighted box
+    # fusion before 3D merging. Off: it doubles test time and no CPU run has shown it helps yet.
+    cfg.TEST.BREAST_TTA.FLIP = False
+    # Boxes of the two passes fuse when their IoU is > this (ZFTurbo's WBF default, 0.55).
+    cfg.TEST.BREAST_TTA.FUSION_IOU = 0.55

@@ -18,6 +18,7 @@ from .data.channels import compose_channels
 from .data.readers import CaseGeometry, read_phases_from_dir
 from .engine.checkpoint import BreastCheckpointer
 from .evaluation.candidates import merge_slice_detections
+from .modeling.tta import apply_test_time_flip
 from .segmentation.postprocess import dilate_mm
 
 __all__ = ["CaseResult", "CaseDetector", "candidate_label_volume", "box_to_physical"]
@@ -112,6 +113,8 @@ class CaseDetector:
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
         BreastCheckpointer(self.model).load(weights)  # no code from the file runs
+        # TEST.BREAST_TTA.FLIP: each slice and its mirror image, boxes fused (modeling/tta.py).
+        self.model = apply_test_time_flip(self.cfg, self.model).eval()
         self.mask_predictor = mask_predictor
         self.channels = channels
         self.batch_size = batch_size

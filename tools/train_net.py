@@ -35,6 +35,7 @@ from breast_d2.engine import (
     resolve_weights,
     train_dataset_dicts,
 )
+from breast_d2.modeling import apply_test_time_flip
 
 logger = logging.getLogger("breast_d2")
 
@@ -69,6 +70,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_breast_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test, on each slice and its mirror image when TEST.BREAST_TTA.FLIP."""
+        return super().test(cfg, apply_test_time_flip(cfg, model), evaluators)
 
 
 def setup(args):
