@@ -2,20 +2,28 @@
 example overlays. Reads only files that the tools wrote (froc.json, seg_table.md, slices)."""
 import logging
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from .data.converted import read_cases, read_json
 from .data.errors import check_case_id
+from .evaluation.compare import compare_froc, load_run
 from .evaluation.froc import FP_RATES, load_candidates_json, rate_key
 from .evaluation.plots import plot_froc_runs
 from .evaluation.tables import format_cell, format_range, markdown_table
 from .fileio import atomic_path, path_inside, write_atomic
 from .visualize import case_montage
 
-__all__ = ["froc_table", "size_table", "write_overlays", "write_report", "STUDY_SENS_AT_3_4"]
+__all__ = [
+    "froc_table",
+    "size_table",
+    "paired_table",
+    "write_overlays",
+    "write_report",
+    "STUDY_SENS_AT_3_4",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +71,37 @@ def size_table(runs: Mapping[str, Mapping], rate: str = "3.4") -> Optional[str]:
         for name, by in sized.items()
     ]
     headers = ["run"] + [f"{b} mm" for b in bands]
+    return markdown_table(headers, rows) + "\n"
+
+
+def _signed_range(lo_hi: Sequence[float]) -> str:
+    return f"{lo_hi[0]:+.3f} to {lo_hi[1]:+.3f}"
+
+
+def paired_table(
+    froc_runs: Mapping[str, str], pairs: Sequence[Tuple[str, str]], bootstrap: int = 1000
+) -> str:
+    """Markdown table of paired case-level bootstraps of ``CPM(A) - CPM(B)``, one row per pair.
+
+    Args:
+        froc_runs: ``{run name: evaluation folder with froc.json and candidates.json}``.
+        pairs: ``(A, B)`` run names; both must be evaluated on the same cases.
+        bootstrap: case resamples (seed 0, the same resamples for A and B).
+    """
+    rows = []
+    for name_a, name_b in pairs:
+        cand_a, cases_a = load_run(froc_runs[name_a])
+        cand_b, cases_b = load_run(froc_runs[name_b])
+        res = compare_froc(cand_a, cand_b, cases_a, cases_b, bootstrap=bootstrap)
+        d = res["difference"]
+        rows.append([
+            f"{name_a} - {name_b}",
+            f"{d['cpm']:+.3f}",
+            _signed_range(d["ci95"]),
+            f"{d['cpm_interp']:+.3f}",
+            _signed_range(d["ci95_interp"]),
+        ])
+    headers = ["A - B", "CPM (step)", "95% CI", "CPM (interp.)", "95% CI (interp.)"]
     return markdown_table(headers, rows) + "\n"
 
 
@@ -114,6 +153,7 @@ def write_report(
     mask_dir: Optional[str] = None,
     notes: Sequence[str] = (),
     step_times: Optional[Mapping[str, float]] = None,
+    pairs: Sequence[Tuple[str, str]] = (),
 ) -> str:
     """Write ``REPORT.md`` (and its figures beside it) and return its path.
 
@@ -127,6 +167,8 @@ def write_report(
         mask_dir: masks used by the first run (drawn as outlines).
         notes: extra paragraphs (what was run, what differs from the study).
         step_times: seconds per step, listed at the end.
+        pairs: ``(A, B)`` run names whose CPM difference gets a paired case-level bootstrap
+            interval (:func:`paired_table`).
     """
     out_dir = os.path.dirname(os.path.abspath(path))
     runs: Dict[str, Dict] = {}
@@ -149,6 +191,15 @@ def write_report(
         "![FROC curves](froc_runs.png)",
         "",
     ]
+    if pairs:
+        lines += [
+            "### Paired comparisons",
+            "",
+            "CPM difference of two runs on the same validation cases, with the 95 % interval of "
+            "a paired case-level bootstrap (1000 resamples, seed 0; `tools/froc.py --compare`).",
+            "",
+            paired_table(froc_runs, pairs),
+        ]
     sizes = size_table(runs)
     if sizes:
         lines += [

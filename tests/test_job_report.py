@@ -42,3 +42,31 @@ def test_write_report_tables_figure_and_overlay(tmp_path):
     assert sizes == ["masked", "1.000 (1)", "n/a (0)", "n/a (0)", "n/a (0)"]
     assert ["train", "12"] in rows
     assert sorted(os.listdir(out)) == ["REPORT.md", "froc_runs.png", "overlay_TOY0000.png"]
+
+
+def test_write_report_paired_comparison(tmp_path):
+    """A run that finds the mass against one that only has a false positive: CPM 1 - 0."""
+    data = tmp_path / "data"
+    make_toy_converted(str(data), num_cases=3, num_slices=4, height=32, width=32)
+    cases = json.loads((data / "cases.json").read_text())
+    for case in cases["cases"]:
+        case["boxes"] = [[4, 4, 1, 12, 12, 3]]
+    (data / "cases.json").write_text(json.dumps(cases))
+    gt = load_cases_json(str(data / "cases.json"))
+    runs = {}
+    for name, box in (("hit", [4, 4, 1, 12, 12, 3]), ("miss", [20, 20, 0, 28, 28, 2])):
+        cands = [{"case_id": c["case_id"], "box": box, "score": 0.9, "slices": 2} for c in gt]
+        res = compute_froc(cands, gt, bootstrap=0)
+        res["inputs"] = {"ground_truth": str(data / "cases.json")}
+        run = tmp_path / name
+        run.mkdir()
+        save_froc(res, str(run), candidates=cands, plot=False)
+        runs[name] = str(run)
+    out = tmp_path / "report"
+    out.mkdir()
+    path = write_report(str(out / "REPORT.md"), "Toy", runs, str(data),
+                        pairs=[("hit", "miss"), ("miss", "hit")])
+    rows = _cells(open(path).read())
+    head = rows.index(["A - B", "CPM (step)", "95% CI", "CPM (interp.)", "95% CI (interp.)"])
+    assert rows[head + 2][:3] == ["hit - miss", "+1.000", "+1.000 to +1.000"]
+    assert rows[head + 3][:2] == ["miss - hit", "-1.000"]

@@ -9,7 +9,9 @@ The main job on the synthetic cohort (``make demo``), resumable:
   5. fold-correct breast masks for fold 0       tools/predict_breast_masks.py
   6. train + evaluate the CPU demo detector on masked slices, and the same without masking,
      side by side with one thread each (OUT/logs/)   tools/train_net.py [--eval-only]
-  7. OUT/REPORT.md: tables, FROC plot, overlays
+  7. evaluate the masked detector again with test-time horizontal flip and weighted box
+     fusion (TEST.BREAST_TTA.FLIP; --no-tta skips it)
+  8. OUT/REPORT.md: tables, FROC plot, paired CPM comparisons, overlays
 
 Rerunning skips finished steps (markers in OUT/.steps); delete OUT to start over.
 """
@@ -46,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--seg-epochs", type=int, default=12, help="segmentation epochs (study: 50)")
     p.add_argument("--det-iters", type=int, default=700, help="detector iterations")
     p.add_argument("--no-ablation", action="store_true", help="skip the unmasked detector")
+    p.add_argument("--no-tta", action="store_true",
+                   help="skip the flip test-time augmentation evaluation of the masked detector")
     p.add_argument("--sequential", action="store_true",
                    help="train the masked and unmasked detectors one after the other (default: "
                         "side by side with one thread each, output in OUT/logs/)")
@@ -92,8 +96,12 @@ def build_steps(args):
         "--source", "gt", "--resume")))
     det_opts = ["SOLVER.MAX_ITER", args.det_iters,
                 "SOLVER.STEPS", f"({int(args.det_iters * 0.8)},)"]
-    lanes = [detection_steps(DEMO_CONFIG, data, fold, os.path.join(out, "det_masked"),
-                             [str(o) for o in det_opts], "detector (masked)")]
+    masked_dir = os.path.join(out, "det_masked")
+    lanes = [detection_steps(DEMO_CONFIG, data, fold, masked_dir, [str(o) for o in det_opts],
+                             "detector (masked)")]
+    if not args.no_tta:
+        # The same weights, evaluated with the flip TTA into their own folder.
+        lanes[0].append(tta_eval_step(data, fold, masked_dir, os.path.join(out, "det_masked_tta")))
     if not args.no_ablation:
         lanes.append(detection_steps(
             DEMO_CONFIG, data, fold, os.path.join(out, "det_unmasked"),
@@ -106,6 +114,15 @@ def build_steps(args):
         # 2-thread training, so both finish in ~75 % of the sequential time (BENCHMARKS.md).
         steps.append(Parallel(lanes, threads=1))
     return steps
+
+
+def tta_eval_step(data, fold, trained_dir, out_dir):
+    """Evaluate ``trained_dir``'s fold model with the flip TTA, writing into ``out_dir``."""
+    return Step(f"evaluate detector (masked + flip TTA) fold{fold}", tool_command(
+        "train_net", "--config-file", DEMO_CONFIG, "--fold", fold, "--data", data, "--eval-only",
+        "OUTPUT_DIR", out_dir, "TEST.BREAST_TTA.FLIP", "True",
+        "MODEL.WEIGHTS", os.path.join(trained_dir, f"fold{fold}", "model_final.pth")),
+        launch=True)
 
 
 def step_times(out):
@@ -132,8 +149,13 @@ def run(args):
     run_steps(build_steps(args), out)
     data = os.path.join(out, "coco")
     runs = {"masked (U-Net++ masks)": fold_froc_dir(os.path.join(out, "det_masked"), args.fold)}
+    pairs = []
     if not args.no_ablation:
         runs["no breast mask"] = fold_froc_dir(os.path.join(out, "det_unmasked"), args.fold)
+        pairs.append(("masked (U-Net++ masks)", "no breast mask"))
+    if not args.no_tta:
+        runs["masked + flip TTA"] = fold_froc_dir(os.path.join(out, "det_masked_tta"), args.fold)
+        pairs.append(("masked + flip TTA", "masked (U-Net++ masks)"))
     with open(os.path.join(out, "seg", "eval", "seg_table.md")) as f:
         seg_table = f.read()
     notes = [
@@ -146,7 +168,7 @@ def run(args):
     report = write_report(
         os.path.join(out, "REPORT.md"), "breast_d2 demo report", runs, data, seg_table,
         mask_dir=os.path.join(data, "masks", f"fold{args.fold}"), notes=notes,
-        step_times=step_times(out),
+        step_times=step_times(out), pairs=pairs,
     )
     for name, froc_dir in runs.items():
         with open(os.path.join(froc_dir, "froc.json")) as f:
