@@ -1,0 +1,231 @@
+"""What a phantom cohort measures, next to the published figures it must respect.
+
+Reads the records of ``OUT/phantom.json`` (:func:`breast_d2.data.phantom.write_cohort`): per case
+``info`` (BPE, findings, acquisition) and ``lesions`` (the masses). Each :class:`Anchor` names one
+published figure, its source and how the cohort measures it; :func:`measure_cohort` returns one
+:class:`Measured` row per anchor, with whether the measured figure lies inside the published range.
+``docs/PHANTOM.md`` is this table for the default cohorts (``tools/phantom_stats.py``).
+
+Two kinds of check:
+
+- ``"range"``: every measured value (e.g. the enhancing fraction of fibroglandular tissue of each
+  breast of a BPE category) lies inside ``[lo, hi]``;
+- ``"proportion"``: a count over the cohort (e.g. cases with motion) is compatible with a
+  published proportion ``p`` in ``[lo, hi]``: the measured proportion's 95 % Wilson interval
+  overlaps ``[lo, hi]`` (a small cohort cannot hit a prevalence exactly).
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = ["Anchor", "Measured", "ANCHORS", "measure_cohort", "wilson_interval"]
+
+logger = logging.getLogger(__name__)
+
+Records = Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """One published figure and how a cohort measures it.
+
+    Attributes:
+        feature: what is anchored (table row title).
+        published: the figure as published, in words.
+        source: authors, journal, year (doi where known); ``"no published anchor"`` otherwise.
+        lo, hi: the published range the measured figure must respect.
+        kind: ``"range"`` (every value in ``values`` inside) or ``"proportion"`` (``values``
+            returns ``(successes, trials)``).
+        values: ``records -> list of floats`` (range) or ``(k, n)`` (proportion).
+        unit: unit of the values, for the table.
+    """
+
+    feature: str
+    published: str
+    source: str
+    lo: float
+    hi: float
+    kind: str
+    values: Callable[[Records], Any]
+    unit: str = ""
+
+
+@dataclass
+class Measured:
+    """One row of the table: the anchor, the measured summary and whether it respects it."""
+
+    anchor: Anchor
+    summary: str
+    n: int
+    inside: Optional[bool]  # None: nothing to measure in this cohort
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> Tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion ``k / n`` (``n`` >= 1)."""
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+# ----------------------------------------------------------------------------------------------
+# Accessors of the records (each returns [] when the cohort does not record the figure)
+# ----------------------------------------------------------------------------------------------
+def _lesions(records: Records) -> List[Mapping[str, Any]]:
+    return [lesion for rec in records for lesion in rec.get("lesions", [])]
+
+
+def _info(records: Records, key: str) -> List[Any]:
+    return [rec["info"][key] for rec in records if key in rec.get("info", {})]
+
+
+def _mass_longest_extent(records: Records) -> List[float]:
+    return [max(lesion["extent_mm"]) for lesion in _lesions(records)]
+
+
+def _bpe_fraction(category: str) -> Callable[[Records], List[float]]:
+    def values(records: Records) -> List[float]:
+        return [
+            float(f)
+            for bpe in _info(records, "bpe")
+            if bpe["category"] == category
+            for f in bpe["enhancing_fgt_fraction"]
+        ]
+
+    return values
+
+
+def _bpe_prevalence(category: str) -> Callable[[Records], Tuple[int, int]]:
+    def values(records: Records) -> Tuple[int, int]:
+        cats = [bpe["category"] for bpe in _info(records, "bpe")]
+        return sum(c == category for c in cats), len(cats)
+
+    return values
+
+
+def _curve_share(curve_type: str, benign: Optional[bool]) -> Callable[[Records], Tuple[int, int]]:
+    def values(records: Records) -> Tuple[int, int]:
+        kin = [lesion["kinetics"] for lesion in _lesions(records)]
+        if benign is not None:
+            kin = [k for k in kin if bool(k.get("benign", False)) == benign]
+        return sum(k["curve_type"] == curve_type for k in kin), len(kin)
+
+    return values
+
+
+def _lesion_to_parenchyma(records: Records) -> List[float]:
+    return [
+        float(lesion["lesion_to_parenchyma_post1"])
+        for lesion in _lesions(records)
+        if lesion.get("lesion_to_parenchyma_post1") is not None
+    ]
+
+
+def _finding_sizes(kind: str) -> Callable[[Records], List[float]]:
+    def values(records: Records) -> List[float]:
+        return [
+            float(f["size_mm"])
+            for found in _info(records, "findings")
+            for f in found
+            if f["kind"] == kind
+        ]
+
+    return values
+
+
+def _cases_with_finding(kind: str) -> Callable[[Records], Tuple[int, int]]:
+    def values(records: Records) -> Tuple[int, int]:
+        found = _info(records, "findings")
+        return sum(any(f["kind"] == kind for f in fs) for fs in found), len(found)
+
+    return values
+
+
+def _motion_cases(records: Records) -> Tuple[int, int]:
+    acq = _info(records, "acquisition")
+    return sum(a["motion"]["kind"] != "none" for a in acq), len(acq)
+
+
+def _motion_displacement(records: Records) -> List[float]:
+    return [
+        float(a["motion"]["max_displacement_mm"])
+        for a in _info(records, "acquisition")
+        if a["motion"]["kind"] != "none"
+    ]
+
+
+def _fat_sat_failures(records: Records) -> Tuple[int, int]:
+    acq = _info(records, "acquisition")
+    return sum(bool(a["fat_sat"]["failure"]) for a in acq), len(acq)
+
+
+# ----------------------------------------------------------------------------------------------
+# The anchors
+# ----------------------------------------------------------------------------------------------
+_STUDY = "Jiao et al., Comput Math Methods Med 2020, doi 10.1155/2020/2413706"
+_BIRADS = "ACR BI-RADS Atlas, 5th ed., MRI (2013)"
+
+ANCHORS: List[Anchor] = [
+    Anchor("mass size: longest label extent", "10.7-66.9 mm", _STUDY, 10.7, 66.9, "range",
+           _mass_longest_extent, "mm"),
+]
+for _cat, (_lo, _hi) in {"minimal": (0.0, 0.25), "mild": (0.25, 0.50),
+                         "moderate": (0.50, 0.75), "marked": (0.75, 1.0)}.items():
+    ANCHORS.append(Anchor(
+        f"BPE {_cat}: enhancing fraction of FGT (per breast)",
+        f"{_lo:.0%}-{_hi:.0%} of FGT enhances", _BIRADS, _lo, _hi, "range", _bpe_fraction(_cat)))
+
+
+def measure_cohort(records: Records, anchors: Sequence[Anchor] = ()) -> List[Measured]:
+    """Measure every anchor (default :data:`ANCHORS`) on a cohort's case records."""
+    rows = []
+    for anchor in anchors or ANCHORS:
+        if anchor.kind == "range":
+            vals = [float(v) for v in anchor.values(records)]
+            if not vals:
+                rows.append(Measured(anchor, "not recorded", 0, None))
+                continue
+            vals.sort()
+            median = vals[len(vals) // 2]
+            summary = f"{vals[0]:.3g} / {median:.3g} / {vals[-1]:.3g} (min / median / max)"
+            inside = anchor.lo <= vals[0] and vals[-1] <= anchor.hi
+            rows.append(Measured(anchor, summary, len(vals), inside))
+        elif anchor.kind == "proportion":
+            k, n = anchor.values(records)
+            if n == 0:
+                rows.append(Measured(anchor, "not recorded", 0, None))
+                continue
+            lo, hi = wilson_interval(k, n)
+            summary = f"{k}/{n} = {k / n:.2f} (95 % CI {lo:.2f}-{hi:.2f})"
+            rows.append(Measured(anchor, summary, n, lo <= anchor.hi and anchor.lo <= hi))
+        else:
+            raise ValueError(f"anchor {anchor.feature!r}: unknown kind {anchor.kind!r}")
+    return rows
+
+
+def table_rows(measured: Sequence[Measured]) -> List[List[str]]:
+    """``[feature, published (source), measured, n, inside]`` cells of a markdown table."""
+    flag = {True: "yes", False: "**NO**", None: "n/a"}
+    return [
+        [
+            m.anchor.feature,
+            f"{m.anchor.published} ({m.anchor.source})",
+            m.summary + (f" {m.anchor.unit}" if m.anchor.unit and m.n else ""),
+            str(m.n),
+            flag[m.inside],
+        ]
+        for m in measured
+    ]
+
+
+def counts(records: Records) -> Dict[str, Any]:
+    """Cohort size figures: cases, masses, masses per case."""
+    n_mass = [len(rec.get("lesions", [])) for rec in records]
+    return {
+        "cases": len(records),
+        "masses": sum(n_mass),
+        "cases_without_mass": sum(n == 0 for n in n_mass),
+    }
