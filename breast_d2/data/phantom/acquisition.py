@@ -10,7 +10,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .anatomy import BLOOD, FGT, MYO, _Breast, _Field, _Grid
+from .anatomy import BLOOD, MYO, _Breast, _Field, _Grid
+from .bpe import _fgt_slow
 from .kinetics import _curve_blood, _curve_slow, _curve_wash
 
 __all__ = []
@@ -72,8 +73,7 @@ def _static_maps(tissue, lut, paints, breasts, blobs, bias, times) -> _Static:
     s0, slow = _take(lut["s0"], tissue), _take(lut["slow"], tissue)
     for paint, br in zip(paints, breasts):
         s0[paint.box][paint.inside] *= 1.0 + 0.06 * paint.tex[paint.inside]
-        bpe = br.bpe * lut["s0"][FGT] * np.clip(1.0 + 0.6 * paint.bpe_mod, 0.1, 2.5)
-        slow[paint.box][paint.fgt] = bpe[paint.fgt]
+        slow[paint.box][paint.fgt] = _fgt_slow(paint)  # BI-RADS graded BPE, see bpe.py
     for b in blobs:
         keep = 1.0 - b.member
         s0[b.box] = s0[b.box] * keep + b.s0 * b.member

@@ -8,7 +8,7 @@ coordinates (mm) LPS with identity direction, the volume centred on (0, 0, 0).
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -169,7 +169,6 @@ class _Breast:
     t_skin: float
     fat_margin: float
     density: float
-    bpe: float
 
 
 def _sample_thorax(rng: np.random.Generator) -> _Thorax:
@@ -194,7 +193,8 @@ def _sample_thorax(rng: np.random.Generator) -> _Thorax:
 def _sample_breasts(rng: np.random.Generator, th: _Thorax, fov: float) -> List[_Breast]:
     base = (rng.uniform(52, 72), rng.uniform(70, 130), rng.uniform(48, 64))
     xc0, zc0 = rng.uniform(68, 86), rng.uniform(-8, 8)
-    density, bpe = rng.uniform(0.12, 0.6), 0.05 + 0.45 * rng.uniform() ** 2
+    density = rng.uniform(0.12, 0.6)
+    rng.uniform()  # former BPE amplitude draw (now in bpe.py): kept so the stream is unchanged
     breasts = []
     for sign, side in ((-1.0, "right"), (1.0, "left")):
         asym = rng.uniform(0.88, 1.12, size=3)  # left/right asymmetry per axis
@@ -215,9 +215,9 @@ def _sample_breasts(rng: np.random.Generator, th: _Thorax, fov: float) -> List[_
                 t_skin=th.t_skin,
                 fat_margin=float(rng.uniform(4, 10)),
                 density=float(density * rng.uniform(0.9, 1.1)),
-                bpe=float(bpe * rng.uniform(0.8, 1.2)),
             )
         )
+        rng.uniform()  # former per-breast BPE draw (now in bpe.py): kept, stream unchanged
     return breasts
 
 
@@ -268,6 +268,7 @@ class _BreastPaint:
     fgt: np.ndarray
     tex: np.ndarray  # fine texture field on the box (unit variance)
     bpe_mod: np.ndarray  # coarse field on the box (unit variance)
+    bpe_slow: Optional[np.ndarray] = None  # [N_fgt] type I amplitude of FGT (set by bpe.py)
 
 
 def _breast_shape(grid: _Grid, br: _Breast, box, depth2d: np.ndarray):

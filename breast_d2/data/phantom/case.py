@@ -24,6 +24,7 @@ from .anatomy import (
     _sample_breasts,
     _sample_thorax,
 )
+from .bpe import _lesion_to_parenchyma, _measure_bpe, _paint_bpe, _sample_bpe
 from .kinetics import _sample_intensities, phase_times
 from .lesions import Lesion, _lesion_record, _place_lesions, _place_nodes
 
@@ -113,8 +114,9 @@ def make_case(
     _check_params(seed, matrix, slices, fov_mm, num_phases, phase_interval_s)
     _check_int("case_index", case_index, 0, 999_999)
     grid = _make_grid(matrix, slices, float(fov_mm))
-    seeds = np.random.SeedSequence([seed, case_index]).spawn(5)
-    rng_anat, rng_tex, rng_les, rng_node, rng_noise = (np.random.default_rng(s) for s in seeds)
+    seeds = np.random.SeedSequence([seed, case_index]).spawn(8)  # first 5 as with spawn(5)
+    rng_anat, rng_tex, rng_les, rng_node, rng_noise = (np.random.default_rng(s) for s in seeds[:5])
+    rng_bpe = np.random.default_rng(seeds[6])
     times = np.asarray(phase_times(num_phases, phase_interval_s), np.float64)
     th = _sample_thorax(rng_anat)
     breasts = _sample_breasts(rng_anat, th, grid.fov_mm)
@@ -123,6 +125,8 @@ def make_case(
     fields = {name: _Field(rng_tex, grid, c) for name, c in (("fine", 2.5), ("coarse", 9.0))}
     fields["bias"] = _Field(rng_tex, grid, 80.0)
     tissue, mask, paints, depth2d, anat = _build_anatomy(grid, rng_anat, th, breasts, fields)
+    bpe = _sample_bpe(rng_bpe, grid)
+    _paint_bpe(bpe, grid, paints, float(lut["s0"][FGT]), times)
     placed = _place_lesions(rng_les, grid, breasts, tissue, mask, times, fields, lut["s0"][FGT])
     nodes = _place_nodes(rng_node, grid, tissue, mask, depth2d, times)
     labels = np.zeros(grid.shape, np.uint8)
@@ -135,11 +139,14 @@ def make_case(
     bias = _bias_field(rng_anat, grid, breasts, fields["bias"])
     st = _static_maps(tissue, lut, paints, breasts, blobs, bias, times)
     del bias
-    phases = _render_phases(st, blobs, times, sigma, rng_noise)
     boxes = label_boxes(labels)
+    bpe_info = _measure_bpe(bpe, st, blobs, tissue, paints, times)
+    sides = [p[4] for p in placed]
+    ratios = _lesion_to_parenchyma(st, blobs, times, labels, boxes, sides, bpe_info)
+    phases = _render_phases(st, blobs, times, sigma, rng_noise)
     lesions = [
-        _lesion_record(grid, labels, i, boxes[i], d, shape, side, kin)
-        for i, (_b, _l, d, shape, side, kin) in enumerate(placed, start=1)
+        _lesion_record(grid, labels, i, boxes[i], d, shape, side, kin, look, ratios[i - 1])
+        for i, (_b, _l, d, shape, side, kin, look) in enumerate(placed, start=1)
     ]
     info = {
         "breasts": [
@@ -149,7 +156,6 @@ def make_case(
                 "depth_mm": round(br.ay, 1),
                 "height_mm": round(2 * br.az, 1),
                 "fibroglandular_fraction": round(br.density, 3),
-                "bpe": round(br.bpe, 3),
             }
             for br in breasts
         ],
@@ -157,6 +163,7 @@ def make_case(
         "vessels": anat["vessels"],
         "heart_centre_mm": [round(anat["heart"][k], 1) for k in ("x", "y", "z")],
         "noise_sigma": round(sigma, 2),
+        "bpe": bpe_info,
     }
     return PhantomCase(
         case_id=case_id_for(case_index),

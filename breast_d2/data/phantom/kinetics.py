@@ -85,16 +85,47 @@ def _curve_blood(t: np.ndarray) -> np.ndarray:
     return (1.0 - np.exp(-t / 10.0)) * (0.45 + 0.55 * np.exp(-t / 180.0))
 
 
-def _lesion_kinetics(rng, s0: float, times: np.ndarray) -> Tuple[Dict[str, object], np.ndarray]:
-    """Type II (plateau) or III (wash-out) kinetics; returns the description and the curve."""
-    washout = rng.uniform() < 0.55
-    tau = rng.uniform(20, 45)
-    slope = rng.uniform(-0.40, -0.18) if washout else rng.uniform(-0.06, 0.06)
-    amp = rng.uniform(450, 900)
+# Kuhl et al., Radiology 1999;211(1):101-110 (101 malignant, 165 benign enhancing lesions):
+# distribution of curve types I / II / III.
+_CURVE_TYPES = ("I", "II", "III")
+_CURVE_TYPE_PROBS = {False: (0.089, 0.336, 0.574), True: (0.830, 0.115, 0.055)}  # key: benign
+_CURVE_NAMES = {"I": "persistent", "II": "plateau", "III": "washout"}
+
+
+def _curve_params(rng, curve_type: str, benign: bool) -> Tuple[float, float]:
+    """Wash-in time constant (s) and late slope (per 600 s) of a mass curve.
+
+    Type I rises to the last phase: benign (fibroadenoma-like) with a slow wash-in, malignant with
+    a fast wash-in and a steady late rise. Type II plateaus, type III washes out. Benign masses
+    wash in more slowly than malignant ones (Jansen et al., JMRI 2011: longer time to peak).
+    """
+    if curve_type == "I":
+        if benign:
+            return rng.uniform(90, 180), rng.uniform(0.0, 0.1)
+        return rng.uniform(30, 60), rng.uniform(0.2, 0.4)
+    tau = rng.uniform(35, 70) if benign else rng.uniform(20, 45)
+    if curve_type == "III":
+        return tau, rng.uniform(-0.40, -0.18)
+    return tau, rng.uniform(-0.06, 0.06)
+
+
+def _lesion_kinetics(
+    rng, s0: float, times: np.ndarray, benign: bool = False
+) -> Tuple[Dict[str, object], np.ndarray]:
+    """Curve type I / II / III drawn per Kuhl 1999 for a benign or malignant mass.
+
+    Returns the description (the ``Lesion.kinetics`` dict) and the normalised curve ``[P]``.
+    """
+    probs = np.asarray(_CURVE_TYPE_PROBS[bool(benign)], np.float64)  # rounded: renormalise
+    k = int(rng.choice(3, p=probs / probs.sum()))
+    curve_type = _CURVE_TYPES[k]
+    tau, slope = _curve_params(rng, curve_type, benign)
+    amp = rng.uniform(400, 800) if benign else rng.uniform(450, 900)
     curve = _curve_wash(times, tau, slope)
     kin = {
-        "curve_type": "III" if washout else "II",
-        "name": "washout" if washout else "plateau",
+        "curve_type": curve_type,
+        "name": _CURVE_NAMES[curve_type],
+        "benign": bool(benign),
         "wash_in_tau_s": round(float(tau), 2),
         "late_slope": round(float(slope), 4),
         "peak_enhancement": round(float(amp), 1),

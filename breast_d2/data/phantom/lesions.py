@@ -22,6 +22,21 @@ logger = logging.getLogger(__name__)
 
 _MIN_DIAMETER_MM, _MAX_DIAMETER_MM = 10.7, 66.9  # range of the reference study
 _LESION_COUNT_PROBS = (0.18, 0.45, 0.25, 0.12)  # P(0..3 masses per case)
+# Jansen et al., JMRI 2011 (doi 10.1002/jmri.22567): 552 MRI masses, 396 malignant, 156 benign.
+_P_BENIGN = 156 / 552
+_MARGINS = ("smooth", "irregular", "spiculated")
+_SHAPE_OF_MARGIN = {"smooth": "ellipsoid", "irregular": "lobulated", "spiculated": "spiculated"}
+# "High-spatial-resolution MR imaging of focal breast masses" (49 malignant, 14 benign masses):
+# malignant irregular 47 %, spiculated 43 % (rest smooth / lobulated); benign 93 % smooth or
+# lobulated (split evenly here between smooth and our lobulated "irregular").
+_MARGIN_PROBS = {False: (0.10, 0.47, 0.43), True: (0.50, 0.43, 0.07)}  # key: benign
+_INTERNALS = ("homogeneous", "heterogeneous", "rim")
+# No published frequencies found: heterogeneous and rim enhancement are the malignant descriptors,
+# homogeneous the benign one (BI-RADS MRI lexicon). Rim only for masses > 20 mm.
+_INTERNAL_PROBS = {False: (0.25, 0.45, 0.30), True: (0.65, 0.30, 0.05)}
+_SPICULE_COUNT = (4, 10)  # spicules per spiculated mass (inclusive)
+_SPICULE_LENGTH_MM = (3.0, 12.0)
+_SPICULE_THICKNESS_MM = (1.0, 2.0)
 
 
 @dataclass
@@ -34,13 +49,19 @@ class Lesion:
         centre_mm: the same centroid in physical LPS coordinates (mm).
         diameter_mm: nominal diameter (mm), within 10.7-66.9 after clipping to fit the breast.
         extent_mm: measured extent of the label along ``(x, y, z)`` (mm).
-        shape: ``"ellipsoid"`` or ``"lobulated"``.
+        shape: ``"ellipsoid"``, ``"lobulated"`` or ``"spiculated"`` (kept for compatibility;
+            ``margin`` says the same in BI-RADS words).
         side: ``"left"`` or ``"right"`` breast (patient side; left is on the image right).
-        kinetics: curve type (``"II"`` plateau / ``"III"`` wash-out), wash-in time constant (s),
-            late slope, peak enhancement (MR units), rim flag and the relative enhancement per
-            phase ``(S_p - S_0) / S_0`` of the noise-free curve.
+        kinetics: curve type (``"I"`` persistent / ``"II"`` plateau / ``"III"`` wash-out),
+            ``benign`` (bool), wash-in time constant (s), late slope, peak enhancement (MR units),
+            rim flag and the relative enhancement per phase ``(S_p - S_0) / S_0`` of the
+            noise-free curve.
         box: ``[x0, y0, z0, x1, y1, z1]``, half-open voxel indices of the label extent.
         volume_ml: label volume (ml).
+        margin: ``"smooth"``, ``"irregular"`` or ``"spiculated"``.
+        internal: internal enhancement, ``"homogeneous"``, ``"heterogeneous"`` or ``"rim"``.
+        lesion_to_parenchyma_post1: mean noise-free relative enhancement of the label at phase 1
+            over the mean one of the enhancing fibroglandular tissue of its breast (measured).
     """
 
     label: int
@@ -53,6 +74,9 @@ class Lesion:
     kinetics: Dict[str, object]
     box: Tuple[int, int, int, int, int, int]
     volume_ml: float
+    margin: str = "smooth"
+    internal: str = "homogeneous"
+    lesion_to_parenchyma_post1: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,11 +105,14 @@ def _rand_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def _shape_params(rng, kind: str, diameter: float) -> Dict[str, object]:
-    """Random shape of a blob of nominal ``diameter`` (mm): rotated ellipsoid or lobulated."""
+    """Random shape of a blob of nominal ``diameter`` (mm): rotated ellipsoid, lobulated or
+    spiculated (an ellipsoid core plus thin radiating spicules)."""
     radius = diameter / 2
     if kind == "ellipsoid":
         q = np.sort(rng.uniform(0.65, 1.0, size=2))
         return {"kind": kind, "rot": _rand_rotation(rng), "semi": radius * np.array([1.0, *q])}
+    if kind == "spiculated":
+        return _spiculated_params(rng, radius)
     spheres = [(np.zeros(3), 0.7 * radius)]
     for _ in range(rng.integers(3, 6)):
         v = rng.standard_normal(3)
@@ -94,16 +121,52 @@ def _shape_params(rng, kind: str, diameter: float) -> Dict[str, object]:
     return {"kind": kind, "spheres": spheres}
 
 
+def _spiculated_params(rng, radius: float) -> Dict[str, object]:
+    """Ellipsoid core of semi-major axis ``radius`` plus 4-10 tapered spicules (segments from
+    inside the core outwards, 3-12 mm beyond its surface, 1-2 mm thick at the base)."""
+    q = np.sort(rng.uniform(0.65, 1.0, size=2))  # the core: as a smooth (ellipsoid) mass
+    rot, semi = _rand_rotation(rng), radius * np.array([1.0, *q])
+    spicules = []
+    for _ in range(int(rng.integers(_SPICULE_COUNT[0], _SPICULE_COUNT[1] + 1))):
+        v = rng.standard_normal(3)
+        v /= np.linalg.norm(v)
+        local = rot.T @ v
+        r_surf = 1.0 / np.sqrt(np.sum((local / semi) ** 2))  # core radius along v (mm)
+        length = rng.uniform(*_SPICULE_LENGTH_MM)
+        half_thick = 0.5 * rng.uniform(*_SPICULE_THICKNESS_MM)
+        spicules.append((v * 0.6 * r_surf, v * (r_surf + length), half_thick))
+    reach = radius + _SPICULE_LENGTH_MM[1]
+    return {"kind": "spiculated", "rot": rot, "semi": semi, "spicules": spicules, "reach": reach}
+
+
+def _ellipsoid_sdf(d, rot: np.ndarray, semi: np.ndarray) -> np.ndarray:
+    """First-order signed distance (mm) to a rotated ellipsoid; ``d`` = offsets ``(x, y, z)``."""
+    q = [rot[0, i] * d[0] + rot[1, i] * d[1] + rot[2, i] * d[2] for i in range(3)]
+    rho = np.sqrt(sum((q[i] / semi[i]) ** 2 for i in range(3)))
+    grad = np.sqrt(sum(q[i] ** 2 / semi[i] ** 4 for i in range(3))) / np.maximum(rho, 1e-6)
+    return (rho - 1.0) / np.maximum(grad, 1e-6)
+
+
+def _spicule_sdf(d, a: np.ndarray, b: np.ndarray, half_thick: float) -> np.ndarray:
+    """Signed distance (mm) to a segment ``a -> b`` whose radius tapers to 50 % at the tip."""
+    ab = b - a
+    pa = [d[i] - a[i] for i in range(3)]
+    h = np.clip(sum(pa[i] * ab[i] for i in range(3)) / float(ab @ ab), 0.0, 1.0)
+    dist = np.sqrt(sum((pa[i] - h * ab[i]) ** 2 for i in range(3)))
+    return dist - half_thick * (1.0 - 0.5 * h)
+
+
 def _blob_sdf(grid: _Grid, box, centre, shape: Dict[str, object]) -> np.ndarray:
     """Approximate signed distance (mm, < 0 inside) of a blob on a box."""
     z, y, x = grid.coords(box)
     d = (x - centre[0], y - centre[1], z - centre[2])
     if shape["kind"] == "ellipsoid":
-        rot, semi = shape["rot"], shape["semi"]
-        q = [rot[0, i] * d[0] + rot[1, i] * d[1] + rot[2, i] * d[2] for i in range(3)]
-        rho = np.sqrt(sum((q[i] / semi[i]) ** 2 for i in range(3)))
-        grad = np.sqrt(sum(q[i] ** 2 / semi[i] ** 4 for i in range(3))) / np.maximum(rho, 1e-6)
-        return (rho - 1.0) / np.maximum(grad, 1e-6)
+        return _ellipsoid_sdf(d, shape["rot"], shape["semi"])
+    if shape["kind"] == "spiculated":
+        sdf = _ellipsoid_sdf(d, shape["rot"], shape["semi"])
+        for a, b, half_thick in shape["spicules"]:
+            sdf = np.minimum(sdf, _spicule_sdf(d, a, b, half_thick))
+        return sdf
     sdf = None
     for c, r in shape["spheres"]:
         s = np.sqrt((d[0] - c[0]) ** 2 + (d[1] - c[1]) ** 2 + (d[2] - c[2]) ** 2) - r
@@ -142,8 +205,27 @@ def _sample_diameter(rng: np.random.Generator) -> float:
     return float(_MIN_DIAMETER_MM * (_MAX_DIAMETER_MM / _MIN_DIAMETER_MM) ** u)
 
 
+def _label_extent_check(grid: _Grid, label: np.ndarray) -> int:
+    """-1 if the label spans < 2 voxels on an axis or its longest extent (box voxels x spacing)
+    is under the study's 10.7 mm, +1 if that extent is over 66.9 mm, 0 if it is in range."""
+    spans = []
+    for axis in range(3):  # label is [z, y, x]
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(label.any(axis=other))
+        spans.append(int(idx[-1] - idx[0] + 1) if idx.size else 0)
+    longest = max(n * grid.spacing[2 - a] for a, n in enumerate(spans))
+    if min(spans) < 2 or longest < _MIN_DIAMETER_MM:
+        return -1
+    return 1 if longest > _MAX_DIAMETER_MM else 0
+
+
 def _try_lesion(rng, grid, breast, diameter, shape_kind, allowed):
-    """One placement attempt inside ``breast``; returns (centre, diameter, shape, box, label)."""
+    """One placement attempt inside ``breast``; returns (centre, diameter, shape, box, label).
+
+    The diameter shrinks until the mass fits the breast and its label extent is at most 66.9 mm;
+    a label under 10.7 mm (or under 2 voxels on an axis) fails the attempt (None): the caller
+    draws again rather than keep it.
+    """
     u = rng.uniform(-0.7, 0.7, size=3)
     centre = (
         breast.xc + breast.ax * u[0],
@@ -152,14 +234,32 @@ def _try_lesion(rng, grid, breast, diameter, shape_kind, allowed):
     )
     while diameter >= _MIN_DIAMETER_MM:
         shape = _shape_params(rng, shape_kind, diameter)
-        box = _blob_box(grid, centre, diameter / 2)
+        box = _blob_box(grid, centre, shape.get("reach", diameter / 2))
         if box is not None:
             sdf = _blob_sdf(grid, box, centre, shape)
             label = largest_component(sdf <= 0)
-            if _fits(grid, box, label, allowed):
+            check = _label_extent_check(grid, label) if label.any() else -1
+            if check < 0:
+                return None
+            if check == 0 and _fits(grid, box, label, allowed):
                 return centre, diameter, shape, box, sdf, label
         diameter *= 0.85  # clip to fit inside the breast
     return None
+
+
+def _internal_enhancement(internal: str, grid, box, sdf, diameter, fields) -> np.ndarray:
+    """``[z, y, x]`` relative enhancement weight of a mass (1 = the curve's peak amplitude).
+
+    Homogeneous: +-8 % texture; heterogeneous: a strong fine texture (+-55 %, floor 15 %); rim:
+    the centre enhances down to 30 % of the periphery, with a mild texture.
+    """
+    tex = fields["fine"].sample_box(grid, box)
+    if internal == "heterogeneous":
+        return np.clip(1.0 + 0.55 * tex, 0.15, None)
+    if internal == "rim":
+        depth = np.clip(-sdf / (diameter / 2), 0.0, 1.0)  # 0 at the margin .. 1 at the centre
+        return np.clip(1.0 + 0.1 * tex, 0.3, None) * (1.0 - 0.7 * np.clip(depth / 0.5, 0, 1))
+    return np.clip(1.0 + 0.08 * tex, 0.3, None)
 
 
 def _place_lesions(rng, grid, breasts, tissue, mask, times, fields, fgt_s0):
@@ -169,9 +269,11 @@ def _place_lesions(rng, grid, breasts, tissue, mask, times, fields, fgt_s0):
     allowed = (mask > 0) & ((tissue == FAT) | (tissue == FGT))
     placed = []
     for _ in range(n):
+        benign = bool(rng.uniform() < _P_BENIGN)
+        margin = _MARGINS[int(rng.choice(3, p=_MARGIN_PROBS[benign]))]
         for _attempt in range(40):
             breast = breasts[int(rng.choice(len(breasts), p=vols / vols.sum()))]
-            kind = "lobulated" if rng.uniform() < 0.4 else "ellipsoid"
+            kind = _SHAPE_OF_MARGIN[margin]
             got = _try_lesion(rng, grid, breast, _sample_diameter(rng), kind, allowed)
             if got is not None:
                 break
@@ -181,16 +283,17 @@ def _place_lesions(rng, grid, breasts, tissue, mask, times, fields, fgt_s0):
         centre, diameter, shape, box, sdf, label = got
         allowed[box][ndimage.binary_dilation(label, iterations=2)] = False
         s0 = float(fgt_s0 * rng.uniform(0.85, 1.05))
-        kin, curve = _lesion_kinetics(rng, s0, times)
+        kin, curve = _lesion_kinetics(rng, s0, times, benign)
+        internal = _INTERNALS[int(rng.choice(3, p=_INTERNAL_PROBS[benign]))]
+        if internal == "rim" and diameter <= 20:  # rim enhancement needs a visible centre
+            internal = "homogeneous" if benign else "heterogeneous"
+        kin["rim"] = internal == "rim"
         member = _membership(grid, sdf) * label
-        hetero = 1.0 + 0.2 * fields["fine"].sample_box(grid, box)
-        rim = diameter > 20 and rng.uniform() < 0.35
-        if rim:  # rim enhancement: the centre enhances less
-            hetero *= np.clip(0.45 + 0.55 * (1.0 + sdf / (diameter / 2)), 0.45, 1.0)
-        kin["rim"] = bool(rim)
-        amp = kin["peak_enhancement"] * member * np.clip(hetero, 0.3, None)
+        weight = _internal_enhancement(internal, grid, box, sdf, diameter, fields)
+        amp = kin["peak_enhancement"] * member * weight
         blob = _Blob(box, member, s0, amp.astype(np.float32), curve)
-        placed.append((blob, label, diameter, shape["kind"], breast.side, kin))
+        look = {"margin": margin, "internal": internal}
+        placed.append((blob, label, diameter, shape["kind"], breast.side, kin, look))
     return placed
 
 
@@ -235,7 +338,7 @@ def _try_node(rng, grid, allowed, zyx: np.ndarray, times) -> Optional[_Blob]:
     return None
 
 
-def _lesion_record(grid, labels, index, box, diameter, shape, side, kin) -> Lesion:
+def _lesion_record(grid, labels, index, box, diameter, shape, side, kin, look, ratio) -> Lesion:
     sub = labels[box[2] : box[5], box[1] : box[4], box[0] : box[3]] == index
     cz, cy, cx = ndimage.center_of_mass(sub)
     vox = (cx + box[0], cy + box[1], cz + box[2])
@@ -253,4 +356,7 @@ def _lesion_record(grid, labels, index, box, diameter, shape, side, kin) -> Lesi
         kinetics=kin,
         box=tuple(int(v) for v in box),
         volume_ml=round(vol, 4),
+        margin=look["margin"],
+        internal=look["internal"],
+        lesion_to_parenchyma_post1=float(ratio),
     )
