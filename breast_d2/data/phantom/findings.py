@@ -302,7 +302,7 @@ def _nme_region(rng, g: _Grid, br, pattern: str):
         a = _breast_point(rng, br, lateral=(-0.5, 0.5), depth=(0.2, 0.5), vertical=(-0.5, 0.5))
         d = _unit(_nipple(br) - a)
         length = rng.uniform(20, 45)
-        r = rng.uniform(1.5, 2.5)
+        r = rng.uniform(1.5, 3.0)
         segs = [(a, a + d * length, r)]
         if rng.uniform() < 0.5:
             off = _unit(np.cross(d, rng.standard_normal(3)))
@@ -344,7 +344,7 @@ def _try_nme(rng, ctx: _Ctx, br) -> Optional[_Finding]:
     clumped = rng.uniform() < 0.5
     if ctx.field is None:
         ctx.field = _Field(rng, g, 3.0)
-    for _ in range(8):
+    for _ in range(15):
         box, envelope = _nme_region(rng, g, br, pattern)
         if box is None:
             continue
@@ -356,7 +356,7 @@ def _try_nme(rng, ctx: _Ctx, br) -> Optional[_Finding]:
             mod = np.clip(0.55 + 0.45 * tex, 0.0, 1.0)
         member = (envelope * fgt * mod).astype(np.float32)
         n_env = int(np.count_nonzero(envelope >= 0.5))
-        if n_env == 0 or np.count_nonzero(member >= 0.5) < max(4, 0.08 * n_env):
+        if n_env == 0 or np.count_nonzero(member >= 0.5) < max(3, 0.08 * n_env):
             continue  # too little parenchyma in the envelope
         curve = _curve_wash(ctx.times, rng.uniform(45, 90), rng.uniform(-0.05, 0.05))
         amp = (rng.uniform(250, 450) * member).astype(np.float32)
