@@ -27,6 +27,11 @@ __all__ = [
     "BONE",
     "NODE",
     "MASS",
+    "FOCUS",
+    "IMNODE",
+    "BVESSEL",
+    "NME",
+    "CYST",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,8 +51,15 @@ TISSUES = (
     "bone",
     "lymph_node",
     "mass",
+    # Findings inside the breast that are not targets (see breast_d2.data.phantom.findings).
+    "focus",
+    "intramammary_node",
+    "breast_vessel",
+    "non_mass_enhancement",
+    "cyst",
 )
 (AIR, FAT, FGT, SKIN, MUSCLE, CHEST, LUNG, MEDIAST, BLOOD, MYO, BONE, NODE, MASS) = range(13)
+(FOCUS, IMNODE, BVESSEL, NME, CYST) = range(13, 18)
 
 # Reference protocol: 96 slices of 1.4 mm; smaller --slices keep this slab coverage.
 _SLAB_MM = 96 * 1.4

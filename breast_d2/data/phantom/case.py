@@ -1,8 +1,9 @@
 """One phantom case: parameter checks, :class:`PhantomCase` and :func:`make_case`.
 
 :func:`make_case` draws the anatomy (:mod:`.anatomy`), places the masses and nodes
-(:mod:`.lesions`) and renders the phases (:mod:`.acquisition`) from five independent random
-streams of ``SeedSequence([seed, case_index])``, so a case depends only on its seed and index.
+(:mod:`.lesions`), the findings inside the breast that are not targets (:mod:`.findings`) and
+renders the phases (:mod:`.acquisition`) from independent random streams (children of
+``SeedSequence([seed, case_index]).spawn(8)``), so a case depends only on its seed and index.
 """
 
 import logging
@@ -25,6 +26,7 @@ from .anatomy import (
     _sample_thorax,
 )
 from .bpe import _lesion_to_parenchyma, _measure_bpe, _paint_bpe, _sample_bpe
+from .findings import _findings_info, _place_findings
 from .kinetics import _sample_intensities, phase_times
 from .lesions import Lesion, _lesion_record, _place_lesions, _place_nodes
 
@@ -116,7 +118,7 @@ def make_case(
     grid = _make_grid(matrix, slices, float(fov_mm))
     seeds = np.random.SeedSequence([seed, case_index]).spawn(8)  # first 5 as with spawn(5)
     rng_anat, rng_tex, rng_les, rng_node, rng_noise = (np.random.default_rng(s) for s in seeds[:5])
-    rng_bpe = np.random.default_rng(seeds[6])
+    rng_findings, rng_bpe = np.random.default_rng(seeds[5]), np.random.default_rng(seeds[6])
     times = np.asarray(phase_times(num_phases, phase_interval_s), np.float64)
     th = _sample_thorax(rng_anat)
     breasts = _sample_breasts(rng_anat, th, grid.fov_mm)
@@ -129,13 +131,17 @@ def make_case(
     _paint_bpe(bpe, grid, paints, float(lut["s0"][FGT]), times)
     placed = _place_lesions(rng_les, grid, breasts, tissue, mask, times, fields, lut["s0"][FGT])
     nodes = _place_nodes(rng_node, grid, tissue, mask, depth2d, times)
+    findings = _place_findings(rng_findings, grid, breasts, tissue, mask, placed, times, lut["s0"])
     labels = np.zeros(grid.shape, np.uint8)
     for i, (blob, label, *_rest) in enumerate(placed, start=1):
         labels[blob.box][label] = i
         tissue[blob.box][label] = MASS
     for blob in nodes:
         tissue[blob.box][blob.member >= 0.5] = NODE
-    blobs = [p[0] for p in placed] + nodes
+    for finding in findings:
+        for blob, cls in finding.parts:
+            tissue[blob.box][blob.member >= 0.5] = cls
+    blobs = [p[0] for p in placed] + nodes + [b for f in findings for b, _cls in f.parts]
     bias = _bias_field(rng_anat, grid, breasts, fields["bias"])
     st = _static_maps(tissue, lut, paints, breasts, blobs, bias, times)
     del bias
@@ -165,6 +171,7 @@ def make_case(
         "noise_sigma": round(sigma, 2),
         "bpe": bpe_info,
     }
+    info["findings"], info["findings_count"] = _findings_info(findings)
     return PhantomCase(
         case_id=case_id_for(case_index),
         phases=phases,

@@ -13,14 +13,19 @@ import numpy as np
 from .anatomy import (
     BLOOD,
     BONE,
+    BVESSEL,
     CHEST,
+    CYST,
     FAT,
     FGT,
+    FOCUS,
+    IMNODE,
     LUNG,
     MASS,
     MEDIAST,
     MUSCLE,
     MYO,
+    NME,
     NODE,
     SKIN,
     TISSUES,
@@ -57,6 +62,7 @@ def _sample_intensities(rng: np.random.Generator) -> Dict[str, np.ndarray]:
     ]
     s0[[CHEST, LUNG, MEDIAST, BLOOD, MYO, BONE, NODE, MASS]] = [230, 25, 110, 0, 290, 160, 300, 0]
     s0[BLOOD] = rng.uniform(200, 300)
+    _findings_s0(s0)  # no random draw: the anatomy stream stays as it was
     slow = np.zeros(len(TISSUES), np.float32)  # type I persistent enhancement
     slow[[FAT, SKIN, MUSCLE, CHEST, LUNG, MEDIAST, BONE]] = [8, 90, 70, 60, 5, 15, 30]
     fast = np.zeros(len(TISSUES), np.float32)  # myocardium: fast, mild wash-out
@@ -132,3 +138,27 @@ def _lesion_kinetics(
         "relative_enhancement": [round(float(amp * c / s0), 3) for c in curve],
     }
     return kin, curve.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Findings inside the breast that are not targets (breast_d2.data.phantom.findings)
+# ----------------------------------------------------------------------------------------------
+_CYST_FLUID_OVER_FAT = 0.6  # T1 fat-sat: cyst fluid darker than suppressed fat (see findings.md)
+
+
+def _findings_s0(s0: np.ndarray) -> None:
+    """In place: pre-contrast LUT entries of the finding classes, from the entries drawn already.
+
+    Each finding also carries its own ``s0`` (its blob); the LUT value only fills the partial-volume
+    rest of its voxels, so it is set to what the finding is made of: parenchyma for foci and NME,
+    lymph node, blood, cyst fluid.
+    """
+    s0[[FOCUS, NME]] = s0[FGT]
+    s0[IMNODE] = s0[NODE]
+    s0[BVESSEL] = s0[BLOOD]
+    s0[CYST] = _CYST_FLUID_OVER_FAT * s0[FAT]
+
+
+def _curve_persistent(t: np.ndarray, tau_s: float) -> np.ndarray:
+    """Type I: persistent enhancement, faster than the background (foci, inflamed cyst rims)."""
+    return 1.0 - np.exp(-t / tau_s)
