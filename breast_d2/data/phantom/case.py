@@ -1,8 +1,9 @@
 """One phantom case: parameter checks, :class:`PhantomCase` and :func:`make_case`.
 
 :func:`make_case` draws the anatomy (:mod:`.anatomy`), places the masses and nodes
-(:mod:`.lesions`) and renders the phases (:mod:`.acquisition`) from five independent random
-streams of ``SeedSequence([seed, case_index])``, so a case depends only on its seed and index.
+(:mod:`.lesions`) and renders the phases (:mod:`.acquisition`) from independent random
+streams of ``SeedSequence([seed, case_index]).spawn(8)`` (children 0-4; child 7: acquisition
+artefacts), so a case depends only on its seed and index.
 """
 
 import logging
@@ -12,7 +13,14 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from ..boxes import label_boxes
-from .acquisition import _bias_field, _render_phases, _static_maps
+from .acquisition import (
+    _acquisition_record,
+    _apply_fat_sat,
+    _bias_field,
+    _render_phases,
+    _sample_acquisition,
+    _static_maps,
+)
 from .anatomy import (
     FAT,
     FGT,
@@ -113,8 +121,9 @@ def make_case(
     _check_params(seed, matrix, slices, fov_mm, num_phases, phase_interval_s)
     _check_int("case_index", case_index, 0, 999_999)
     grid = _make_grid(matrix, slices, float(fov_mm))
-    seeds = np.random.SeedSequence([seed, case_index]).spawn(5)
-    rng_anat, rng_tex, rng_les, rng_node, rng_noise = (np.random.default_rng(s) for s in seeds)
+    seeds = np.random.SeedSequence([seed, case_index]).spawn(8)
+    rng_anat, rng_tex, rng_les, rng_node, rng_noise = (np.random.default_rng(s) for s in seeds[:5])
+    rng_acq = np.random.default_rng(seeds[7])
     times = np.asarray(phase_times(num_phases, phase_interval_s), np.float64)
     th = _sample_thorax(rng_anat)
     breasts = _sample_breasts(rng_anat, th, grid.fov_mm)
@@ -135,7 +144,9 @@ def make_case(
     bias = _bias_field(rng_anat, grid, breasts, fields["bias"])
     st = _static_maps(tissue, lut, paints, breasts, blobs, bias, times)
     del bias
-    phases = _render_phases(st, blobs, times, sigma, rng_noise)
+    acq = _sample_acquisition(rng_acq, grid, breasts)
+    fat_sat = _apply_fat_sat(st, tissue, mask, grid, acq.fat_sat)
+    phases = _render_phases(st, blobs, times, sigma, rng_noise, acq, grid)
     boxes = label_boxes(labels)
     lesions = [
         _lesion_record(grid, labels, i, boxes[i], d, shape, side, kin)
@@ -157,6 +168,7 @@ def make_case(
         "vessels": anat["vessels"],
         "heart_centre_mm": [round(anat["heart"][k], 1) for k in ("x", "y", "z")],
         "noise_sigma": round(sigma, 2),
+        "acquisition": _acquisition_record(acq, grid, mask, fat_sat),
     }
     return PhantomCase(
         case_id=case_id_for(case_index),
