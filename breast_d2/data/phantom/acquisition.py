@@ -257,15 +257,20 @@ def _slice_profile_weights(fwhm_mm: float, thickness_mm: float) -> np.ndarray:
 
 
 def _apply_slice_profile(s: np.ndarray, weights: np.ndarray, tmp: np.ndarray) -> None:
-    """In place along z (axis 0): ``s[z] <- sum_j w_j s[z + j]``, edge slices repeated."""
+    """In place along z (axis 0): ``s[z] <- sum_j w_j s[z + j]``, edge slices repeated.
+
+    ``weights`` is symmetric (``w_-j = w_j``); ``tmp`` is a scratch array shaped like ``s``. Works
+    slice by slice so that each step stays in cache (the volume does not).
+    """
     r, nz = len(weights) // 2, s.shape[0]
-    np.multiply(s, weights[r], out=tmp)
-    for j in range(1, min(r, nz - 1) + 1):
-        tmp[: nz - j] += weights[r + j] * s[j:]
-        tmp[nz - j :] += weights[r + j] * s[nz - 1]
-        tmp[j:] += weights[r - j] * s[: nz - j]
-        tmp[:j] += weights[r - j] * s[0]
-    s[...] = tmp
+    tmp[...] = s
+    pair = np.empty(s.shape[1:], s.dtype)
+    for z in range(nz):
+        np.multiply(tmp[z], weights[r], out=s[z])
+        for j in range(1, r + 1):
+            np.add(tmp[max(z - j, 0)], tmp[min(z + j, nz - 1)], out=pair)
+            pair *= weights[r + j]
+            s[z] += pair
 
 
 def _acquisition_record(acq: _Acquisition, grid: _Grid, mask, fat_sat_record) -> Dict[str, object]:
