@@ -2,8 +2,9 @@
 
 :func:`make_case` draws the anatomy (:mod:`.anatomy`), places the masses and nodes
 (:mod:`.lesions`), the findings inside the breast that are not targets (:mod:`.findings`) and
-renders the phases (:mod:`.acquisition`) from independent random streams (children of
-``SeedSequence([seed, case_index]).spawn(8)``), so a case depends only on its seed and index.
+renders the phases with their acquisition artefacts (:mod:`.acquisition`, :mod:`.motion`) from
+independent random streams (children of ``SeedSequence([seed, case_index]).spawn(8)``: 0-4 as
+before the split, 5 findings, 6 BPE, 7 acquisition), so a case depends only on its seed and index.
 """
 
 import logging
@@ -13,7 +14,14 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from ..boxes import label_boxes
-from .acquisition import _bias_field, _render_phases, _static_maps
+from .acquisition import (
+    _acquisition_record,
+    _apply_fat_sat,
+    _bias_field,
+    _render_phases,
+    _sample_acquisition,
+    _static_maps,
+)
 from .anatomy import (
     FAT,
     FGT,
@@ -118,7 +126,7 @@ def make_case(
     grid = _make_grid(matrix, slices, float(fov_mm))
     seeds = np.random.SeedSequence([seed, case_index]).spawn(8)  # first 5 as with spawn(5)
     rng_anat, rng_tex, rng_les, rng_node, rng_noise = (np.random.default_rng(s) for s in seeds[:5])
-    rng_findings, rng_bpe = np.random.default_rng(seeds[5]), np.random.default_rng(seeds[6])
+    rng_findings, rng_bpe, rng_acq = (np.random.default_rng(s) for s in seeds[5:])
     times = np.asarray(phase_times(num_phases, phase_interval_s), np.float64)
     th = _sample_thorax(rng_anat)
     breasts = _sample_breasts(rng_anat, th, grid.fov_mm)
@@ -145,11 +153,13 @@ def make_case(
     bias = _bias_field(rng_anat, grid, breasts, fields["bias"])
     st = _static_maps(tissue, lut, paints, breasts, blobs, bias, times)
     del bias
+    acq = _sample_acquisition(rng_acq, grid, breasts)
+    fat_sat = _apply_fat_sat(st, tissue, mask, grid, acq.fat_sat)
     boxes = label_boxes(labels)
     bpe_info = _measure_bpe(bpe, st, blobs, tissue, paints, times)
     sides = [p[4] for p in placed]
     ratios = _lesion_to_parenchyma(st, blobs, times, labels, boxes, sides, bpe_info)
-    phases = _render_phases(st, blobs, times, sigma, rng_noise)
+    phases = _render_phases(st, blobs, times, sigma, rng_noise, acq, grid)
     lesions = [
         _lesion_record(grid, labels, i, boxes[i], d, shape, side, kin, look, ratios[i - 1])
         for i, (_b, _l, d, shape, side, kin, look) in enumerate(placed, start=1)
@@ -170,6 +180,7 @@ def make_case(
         "heart_centre_mm": [round(anat["heart"][k], 1) for k in ("x", "y", "z")],
         "noise_sigma": round(sigma, 2),
         "bpe": bpe_info,
+        "acquisition": _acquisition_record(acq, grid, mask, fat_sat),
     }
     info["findings"], info["findings_count"] = _findings_info(findings)
     return PhantomCase(
