@@ -18,7 +18,7 @@ import sys
 from breast_d2.cli import OneLineErrorParser, fail
 from breast_d2.data.converted import read_json
 from breast_d2.data.errors import CohortError
-from breast_d2.data.phantom.measure import counts, measure_cohort, table_rows
+from breast_d2.data.phantom.measure import counts, figures, measure_cohort, table_rows
 from breast_d2.evaluation.tables import markdown_table
 from breast_d2.fileio import write_atomic
 
@@ -44,7 +44,11 @@ def render(doc) -> str:
     rows = table_rows(measure_cohort(records))
     table = markdown_table(["feature", "published figure (source)", "phantom measures", "n",
                             "inside"], rows)
-    return head + "\n\n" + table + "\n", rows
+    extra = figures(records)
+    other = "".join(f"- {name}: {value}\n" for name, value in extra.items())
+    if other:
+        other = "\nMeasured without a published range to check:\n\n" + other
+    return head + "\n\n" + table + "\n" + other, rows
 
 
 def main(argv=None) -> int:

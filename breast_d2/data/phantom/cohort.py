@@ -35,7 +35,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"  # 2.0: BPE grades, findings, mass margins, acquisition artefacts
 BOXES_CSV_HEADER = DUKE_COLUMNS  # the Duke Annotation_Boxes columns the converter reads
 _STATE_DIR = ".phantom"
 # "generator" of params.json / phantom.json: the package, whatever module writes them (a resumed

@@ -168,15 +168,87 @@ def _fat_sat_failures(records: Records) -> Tuple[int, int]:
 _STUDY = "Jiao et al., Comput Math Methods Med 2020, doi 10.1155/2020/2413706"
 _BIRADS = "ACR BI-RADS Atlas, 5th ed., MRI (2013)"
 
+_IMAGINE = "IMAGINE study, Breast Cancer Res 2020, doi 10.1186/s13058-020-01375-7, table 2"
+_KUHL = "Kuhl et al., Radiology 1999;211(1):101-110"
+_JANSEN_JMRI = "Jansen et al., JMRI 2011, doi 10.1002/jmri.22567"
+_MARGINS = ("'High-spatial-resolution MR imaging of focal breast masses' (63 masses, 1.5 T; "
+            "authors not verified)")
+_MOTION = ("Clauser et al. 2020 (83/237 = 35 %); Ruiz-Flores et al., 'Variation in Technical "
+           "Quality of Breast MRI' (16/88 = 18 %)")
+_FAT_SAT = ("Sensakovic et al., AAPM 2018 abstract (22 % of 98 studies); Ruiz-Flores et al. "
+            "(shimming 17/88 = 19 %)")
+
+
+def _mass_share(key: str, value: Any, benign: Optional[bool]) -> Callable[[Records], Any]:
+    """``(masses with lesion[key] == value, masses)``, among benign / malignant / all masses."""
+
+    def values(records: Records) -> Tuple[int, int]:
+        lesions = _lesions(records)
+        if benign is not None:
+            lesions = [les for les in lesions if bool(les["kinetics"].get("benign")) == benign]
+        got = [les.get(key, les["kinetics"].get(key)) for les in lesions]
+        return sum(g == value for g in got), len(got)
+
+    return values
+
+
 ANCHORS: List[Anchor] = [
     Anchor("mass size: longest label extent", "10.7-66.9 mm", _STUDY, 10.7, 66.9, "range",
            _mass_longest_extent, "mm"),
 ]
-for _cat, (_lo, _hi) in {"minimal": (0.0, 0.25), "mild": (0.25, 0.50),
-                         "moderate": (0.50, 0.75), "marked": (0.75, 1.0)}.items():
+_BPE_RANGES = {"minimal": (0.0, 0.25), "mild": (0.25, 0.50), "moderate": (0.50, 0.75),
+               "marked": (0.75, 1.0)}
+# Premenopausal / postmenopausal prevalence of IMAGINE: the published range of each category.
+_BPE_PREVALENCE = {"minimal": (0.18, 0.44), "mild": (0.43, 0.46), "moderate": (0.11, 0.26),
+                   "marked": (0.026, 0.10)}
+for _cat, (_lo, _hi) in _BPE_RANGES.items():
     ANCHORS.append(Anchor(
         f"BPE {_cat}: enhancing fraction of FGT (per breast)",
         f"{_lo:.0%}-{_hi:.0%} of FGT enhances", _BIRADS, _lo, _hi, "range", _bpe_fraction(_cat)))
+for _cat, (_lo, _hi) in _BPE_PREVALENCE.items():
+    ANCHORS.append(Anchor(
+        f"BPE {_cat}: share of cases", f"{_lo:.0%}-{_hi:.0%} (pre- / postmenopausal)", _IMAGINE,
+        _lo, _hi, "proportion", _bpe_prevalence(_cat)))
+ANCHORS += [
+    Anchor("benign share of masses", "156/552 = 28 %", _JANSEN_JMRI, 0.283, 0.283, "proportion",
+           _mass_share("benign", True, None)),
+    Anchor("malignant masses: type III (wash-out)", "57.4 % of 101", _KUHL, 0.574, 0.574,
+           "proportion", _curve_share("III", False)),
+    Anchor("malignant masses: type II (plateau)", "33.6 % of 101", _KUHL, 0.336, 0.336,
+           "proportion", _curve_share("II", False)),
+    Anchor("benign masses: type I (persistent)", "83.0 % of 165", _KUHL, 0.83, 0.83,
+           "proportion", _curve_share("I", True)),
+    Anchor("malignant masses: spiculated margin", "43 % of 49", _MARGINS, 0.43, 0.43,
+           "proportion", _mass_share("margin", "spiculated", False)),
+    Anchor("focus: longest extent", "< 5 mm", "ACR BI-RADS Atlas 2013 (MRI lexicon)", 0.0, 5.0,
+           "range", _finding_sizes("focus"), "mm"),
+    Anchor("cases with motion between pre and post 1", "18-35 % of examinations", _MOTION, 0.18,
+           0.35, "proportion", _motion_cases),
+    Anchor("cases with fat-saturation failure", "19-22 % of examinations", _FAT_SAT, 0.19, 0.22,
+           "proportion", _fat_sat_failures),
+]
+
+
+def figures(records: Records) -> Dict[str, Any]:
+    """Figures the cohort measures that have no published range to check (docs/PHANTOM.md says
+    so): lesion-to-parenchyma ratio, findings per kind, motion amplitudes."""
+    ratios = sorted(_lesion_to_parenchyma(records))
+    found = _info(records, "findings")
+    kinds = sorted({f["kind"] for fs in found for f in fs})
+    out: Dict[str, Any] = {}
+    if ratios:
+        out["mass / enhancing FGT relative enhancement at post 1 (min / median / max)"] = (
+            f"{ratios[0]:.2f} / {ratios[len(ratios) // 2]:.2f} / {ratios[-1]:.2f}")
+    for kind in kinds:
+        k, n = _cases_with_finding(kind)(records)
+        sizes = sorted(_finding_sizes(kind)(records))
+        out[f"cases with {kind}"] = (f"{k}/{n}; size {sizes[0]:.1f}-{sizes[-1]:.1f} mm "
+                                     f"(median {sizes[len(sizes) // 2]:.1f})")
+    disp = sorted(_motion_displacement(records))
+    if disp:
+        out["motion: max displacement (min / median / max)"] = (
+            f"{disp[0]:.2f} / {disp[len(disp) // 2]:.2f} / {disp[-1]:.2f} mm")
+    return out
 
 
 def measure_cohort(records: Records, anchors: Sequence[Anchor] = ()) -> List[Measured]:
