@@ -7,13 +7,16 @@ physical field of view and slab (pixel = fov / matrix, slice = 134.4 mm / slices
 128 x 128 x 32 case is a realistic low-resolution version of the same anatomy.
 
 A case contains two breasts (half-ellipsoids hanging anteriorly, i.e. towards row 0), skin, fat,
-textured fibroglandular tissue with slow persistent (type I) background parenchymal enhancement,
-0-3 masses with fast wash-in and plateau (type II) or wash-out (type III) kinetics, and outside the
-breasts the pectoral muscle, chest wall, lungs, heart, great vessels, internal mammary and lateral
-thoracic vessels and axillary lymph nodes. The last four enhance early and strongly and look like
-masses on post-contrast and subtraction images: they are what the breast mask has to remove.
-Images get a smooth multiplicative coil bias field (strongest near the breast coil) and Rician
-noise.
+textured fibroglandular tissue with background parenchymal enhancement graded by BI-RADS
+(:mod:`.bpe`), 0-3 masses (benign or malignant; smooth, irregular or spiculated; homogeneous,
+heterogeneous or rim enhancement; type I / II / III kinetics), and inside the breasts findings that
+are not targets (:mod:`.findings`: foci, intramammary lymph nodes, vessels, non-mass enhancement,
+cysts). Outside the breasts: the pectoral muscle, chest wall, lungs, heart, great vessels, internal
+mammary and lateral thoracic vessels and axillary lymph nodes, which enhance early and strongly:
+what the breast mask has to remove. Images get a smooth multiplicative coil bias field, in some
+cases a fat-suppression failure and motion of the pre-contrast phase, a slice profile along z and
+Rician noise (:mod:`.acquisition`, :mod:`.motion`). docs/PHANTOM.md lists the published figure
+behind each feature and what a cohort measures (:mod:`.measure`, ``tools/phantom_stats.py``).
 
 Arrays are NumPy in SimpleITK order ``[Z, Y, X]`` (slice, row, column); row 0 is anterior. Physical
 coordinates (mm) are LPS with identity direction: ``x = origin_x + column * sx`` etc., the volume
@@ -33,10 +36,14 @@ The package has one module per concern, in dependency order:
 
 - :mod:`.anatomy`: voxel grid, smooth random fields, thorax, breasts, heart, vessels (tissue map);
 - :mod:`.kinetics`: phase times, per-tissue intensities, enhancement curves;
+- :mod:`.bpe`: background parenchymal enhancement (BI-RADS category, pattern, measured fraction);
 - :mod:`.lesions`: masses (the targets) and axillary lymph nodes (distractors);
-- :mod:`.acquisition`: coil bias field, the signal of each phase, Rician noise;
+- :mod:`.findings`: foci, intramammary nodes, vessels, non-mass enhancement, cysts (not targets);
+- :mod:`.motion` and :mod:`.acquisition`: coil bias, fat saturation, motion of the pre-contrast
+  phase, the signal of each phase, slice profile, Rician noise;
 - :mod:`.case`: :func:`make_case` and :class:`PhantomCase`;
 - :mod:`.cohort`: :func:`write_case`, :func:`write_cohort` (NIfTI, resume);
+- :mod:`.measure`: a cohort's figures against their published anchors (docs/PHANTOM.md);
 - :mod:`.layouts`: the same cases written as the Duke TCIA and MAMA-MIA downloads (imported on
   its own: ``from breast_d2.data.phantom.layouts import write_duke_layout``).
 """
@@ -53,7 +60,7 @@ from .lesions import Lesion
 # Also importable from here, as before the split (tests and older code use them); new code imports
 # them from their modules: the tissue classes, run_case_jobs and the helpers the layouts share.
 from .anatomy import AIR, BLOOD, BONE, CHEST, FAT, FGT, LUNG, MASS, MEDIAST  # noqa: F401
-from .anatomy import MUSCLE, MYO, NODE, SKIN  # noqa: F401
+from .anatomy import BVESSEL, CYST, FOCUS, IMNODE, MUSCLE, MYO, NME, NODE, SKIN  # noqa: F401
 from .case import _check_int, _check_params  # noqa: F401
 from .cohort import _STATE_DIR, _case_record, _prepare_out_dir, _to_int16  # noqa: F401
 from .cohort import _write_nifti, run_case_jobs  # noqa: F401

@@ -150,7 +150,7 @@ def _render_phases(st: _Static, blobs, times, sigma, rng, acq=None, grid=None) -
 # Acquisition artefacts: fat-suppression failure, motion (see .motion), slice profile
 # ----------------------------------------------------------------------------------------------
 # Fraction of examinations with poor fat saturation (Sensakovic et al., AAPM 2018: 22 % of 98
-# breast MRI studies), see docs/phantom/acquisition.md.
+# breast MRI studies), see docs/PHANTOM.md.
 FAT_SAT_FAILURE_PREVALENCE = 0.22
 
 # Tests only: replace a drawn artefact to render the same case without (or with other) artefacts.

@@ -1,7 +1,7 @@
 """Background parenchymal enhancement (BPE) graded by the BI-RADS categories.
 
 Each case draws one BI-RADS BPE category (minimal / mild / moderate / marked, from a published
-prevalence, see docs/phantom/bpe_masses.md) and one pattern (patchy or nodular). The category sets
+prevalence, see docs/PHANTOM.md) and one pattern (patchy or nodular). The category sets
 the fraction of fibroglandular tissue (FGT) that enhances (< 25 / 25-50 / 50-75 / > 75 %): a smooth
 random field on the FGT of each breast is thresholded so that the enhancing fraction hits a value
 drawn inside the category's range (the two breasts share the category; their fractions differ by a
@@ -46,7 +46,7 @@ RE_THRESHOLD = 0.2  # enhancing FGT: relative enhancement at the last phase >= 2
 _RE_ENHANCING_MIN = 0.3  # enhancing FGT: at least 30 % at the last phase
 _RE_FAINT_MAX = 0.12  # non-enhancing FGT: at most 12 % at the last phase
 # Relative enhancement at the last phase of enhancing FGT (patch centres), per category; no
-# published anchor was found for these values (see docs/phantom/bpe_masses.md).
+# published anchor was found for these values (see docs/PHANTOM.md).
 _RE_ENHANCING_MAX = {"minimal": 0.6, "mild": 0.9, "moderate": 1.2, "marked": 1.6}
 
 

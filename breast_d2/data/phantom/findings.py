@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("focus", "intramammary_node", "vessel", "nme", "cyst")
 
-# Per-case prevalences and counts (sources and reasons: docs/phantom/findings.md).
+# Per-case prevalences and counts (sources and reasons: docs/PHANTOM.md).
 _P_NODE = 0.15  # intramammary node: ~5 % on mammograms; no MRI figure found (findings.md)
 _P_NME = 0.20  # no published anchor: a minority of cases
 _P_CYSTS = 0.30  # no published anchor: a minority of cases

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 # Fraction of examinations with motion between the pre-contrast and first post-contrast phase.
 # Published: 83/237 = 35 % with image quality reduced by motion on the first subtraction (Clauser
 # et al. 2020), 16/88 = 18 % with motion deficiency (Ruiz-Flores et al.); the middle of that range
-# (docs/phantom/acquisition.md). 0.35 gave 36/75 moving cases for seed 0 (95 % CI 0.37-0.59),
+# (docs/PHANTOM.md). 0.35 gave 36/75 moving cases for seed 0 (95 % CI 0.37-0.59),
 # outside the published range.
 MOTION_PREVALENCE = 0.27
 _ELASTIC_SHARE = 0.5  # no published anchor: half of the moving cases rigid, half elastic
