@@ -24,7 +24,7 @@ from breast_d2.reduction import (
     load_reducer,
     out_of_fold,
 )
-from breast_d2.reduction.features import candidate_features
+from breast_d2.reduction.features import _int_box, _position, candidate_features
 
 FOLDS, CASES, SHAPE = 3, 9, (8, 32, 32)  # Z, Y, X
 SPACING = (0.7, 0.7, 2.0)  # make_toy_converted's spacing, x y z mm
@@ -130,6 +130,18 @@ def test_association_rule():
                       [1, 1, 9, 9]], float)  # another case
     (idx,) = associate_detections(cands, case, slices, boxes)
     assert idx.tolist() == [0, 3]
+
+
+def test_position_signed_distance_and_skin_depth():
+    mask = np.zeros((3, 20, 20), bool)
+    mask[:, 5:16, :] = True  # breast rows 5..15 (anterior skin at row 5) on every slice
+    spacing = (0.5, 2.0)  # sx, sy mm
+    inside = np.array([8, 6, 0, 11, 9, 3], float)  # centre row 7.5 -> 7, column 9
+    frac, dist, depth = _position(_int_box(inside, mask.shape), inside, mask, spacing, {})
+    assert frac == 1.0 and dist == pytest.approx(3 * 2.0) and depth == pytest.approx(2 * 2.0)
+    outside = np.array([8, 0, 0, 11, 5, 3], float)  # centre row 2.5 -> 2, 3 rows above the skin
+    frac, dist, depth = _position(_int_box(outside, mask.shape), outside, mask, spacing, {})
+    assert frac == 0.0 and dist == pytest.approx(-3 * 2.0) and depth == pytest.approx(-3 * 2.0)
 
 
 def test_features_units_and_kinetics(tmp_path):

@@ -22,7 +22,8 @@ Position (breast mask PNGs of the converted folder, see :func:`case_mask`):
     depth of the box centre below the anterior skin: rows (times ``sy``) from the first mask row
     of the centre column on the centre slice, the anterior side being row 0 (SimpleITK's
     ``[Z, Y, X]`` order of axial DCE-MRI, rows running anterior to posterior, as in the
-    phantom and Duke). NaN when the case has no mask or the centre slice has none.
+    phantom and Duke; negative above the skin). NaN when the case has no mask, the centre
+    slice has none or (depth) the centre column has none.
 Kinetics (the source volumes of ``cases.json`` ``phases[*].source``, each case read once):
     ``S_in[k]`` = mean of phase k in the central half of the box (each axis: the middle half
     of the extent, at least one voxel), ``S_shell[k]`` = mean of phase k in a shell around the
@@ -228,8 +229,11 @@ def _kinetics(s_in: np.ndarray, s_sh: np.ndarray, num_post: int) -> np.ndarray:
     return out
 
 
-def _position(ib: np.ndarray, box: np.ndarray, mask: np.ndarray, spacing) -> List[float]:
-    """``mask_fraction``, ``mask_distance_mm``, ``skin_depth_mm`` of one candidate."""
+def _position(
+    ib: np.ndarray, box: np.ndarray, mask: np.ndarray, spacing, edt_cache: Dict
+) -> List[float]:
+    """``mask_fraction``, ``mask_distance_mm``, ``skin_depth_mm`` of one candidate
+    (``edt_cache``: the case's in-plane distance maps by (slice, inside), computed once)."""
     sx, sy = spacing[0], spacing[1]
     frac = float(mask[_region(ib[:3], ib[3:])].mean())
     zc = int(np.clip((box[2] + box[5]) / 2.0, 0, mask.shape[0] - 1))
@@ -238,10 +242,11 @@ def _position(ib: np.ndarray, box: np.ndarray, mask: np.ndarray, spacing) -> Lis
     sl = mask[zc]
     if not sl.any():
         return [frac, np.nan, np.nan]
-    if sl[yc, xc]:
-        dist = float(ndimage.distance_transform_edt(sl, sampling=(sy, sx))[yc, xc])
-    else:
-        dist = -float(ndimage.distance_transform_edt(~sl, sampling=(sy, sx))[yc, xc])
+    inside = bool(sl[yc, xc])
+    if (zc, inside) not in edt_cache:
+        edt_cache[zc, inside] = ndimage.distance_transform_edt(sl if inside else ~sl,
+                                                               sampling=(sy, sx))
+    dist = float(edt_cache[zc, inside][yc, xc]) * (1.0 if inside else -1.0)
     rows = np.flatnonzero(sl[:, xc])
     depth = float((yc - rows[0]) * sy) if rows.size else np.nan
     return [frac, dist, depth]
@@ -307,8 +312,10 @@ def candidate_features(
         mask, src = case_mask(data_root, cid, shape_zyx, fold, mask_source)
         used[src] = used.get(src, 0) + 1
         if mask is not None:
+            edt_cache: Dict = {}
             for i in rows:
-                x[i, nd + ns:nd + ns + 3] = _position(ibs[i], cands.boxes[i], mask, (sx, sy))
+                x[i, nd + ns:nd + ns + 3] = _position(ibs[i], cands.boxes[i], mask, (sx, sy),
+                                                      edt_cache)
         if kinetics:
             kin = _case_kinetics(cid, entry, shape_zyx, [ibs[i] for i in rows], num_post)
             x[rows, nd + ns + 3:] = kin
