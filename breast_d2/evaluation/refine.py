@@ -13,6 +13,11 @@ subtraction image (post1 - pre) there, inside the candidate's in-plane box, stil
   slice ``z0 - 1`` (then ``z0 - 2``, ... up to ``max_steps``) while its enhancement is
   ``>= ratio * reference``; the same at ``z1``. Slices outside the volume are never taken.
 
+Default ``ratio`` 0.4: on an independent phantom cohort (seed 101, 60 cases; the benchmark
+uses seed 0), of 98 label boxes of its 49 masses of <= 6 slices, grown by one pixel per side
+and cut one slice short at one end, 28 hit (3D IoU > 0.5) unrefined and 61 refined at 0.4 (56 at
+0.5, 66 at 0.3), and none of the 49 full-extent boxes lost its hit (one did at 0.3).
+
 The in-plane box, the scores and ``slices`` (member detection slices) are unchanged. The rule
 reads only the slices it needs (``slices/<case>/<z:04d>.png``, one PNG read per slice and case),
 and each slice's box sums come from one summed-area table, vectorised over the candidates.
@@ -71,7 +76,7 @@ class RefineParams:
 
     enabled: bool = False
     max_slices: int = 4
-    ratio: float = 0.5
+    ratio: float = 0.4
     max_steps: int = 1
     ring: int = 2
     channel: int = 1
