@@ -281,3 +281,14 @@ def test_refine_eval_dir_disabled_keeps_recorded_params(toy, tmp_path):
     _eval_folder(toy, fold, refine=False)
     res = refine_eval_dir(fold, str(tmp_path / "o"), RefineParams())
     assert res["merge"] == _read(os.path.join(fold, "froc.json"))["merge"]
+
+
+def test_fold_output_names_are_unique_and_plain():
+    from breast_d2.evaluation.refine import fold_output_names
+
+    dirs = ["r/fold0/inference/breast_fold0_val", "r/fold1/x/breast_fold1_val/"]
+    assert fold_output_names(dirs) == ["breast_fold0_val", "breast_fold1_val"]
+    with pytest.raises(FROCInputError, match="same folder name"):
+        fold_output_names(["a/val", "b/val"])
+    with pytest.raises(FROCInputError, match="cannot name"):
+        fold_output_names(["/"])

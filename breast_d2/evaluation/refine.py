@@ -38,6 +38,7 @@ import numpy as np
 
 from ..data.converted import read_cases
 from ..data.errors import CohortError
+from ..fileio import path_inside
 from .candidates import CandidateArrays, FROCInputError, detections_to_arrays, merge_slice_arrays
 from .froc import compute_froc
 from .io import load_cases_json, read_froc_json, save_froc, subset_cases
@@ -360,11 +361,13 @@ def fold_output_names(eval_dirs: Sequence[str]) -> List[str]:
     """One output subfolder name per evaluation folder: its base name (must be unique).
 
     Raises:
-        FROCInputError: two folders with the same base name.
+        FROCInputError: two folders with the same base name, or a folder named ``/`` or ``..``.
     """
-    names = [os.path.basename(os.path.normpath(d)) for d in eval_dirs]
+    names = [os.path.basename(os.path.abspath(d)) for d in eval_dirs]
     seen: Dict[str, str] = {}
     for d, n in zip(eval_dirs, names):
+        if n in ("", ".", ".."):
+            raise FROCInputError(f"{d}: cannot name an output folder after it")
         if n in seen:
             raise FROCInputError(f"{seen[n]} and {d} have the same folder name {n!r}")
         seen[n] = d
@@ -389,7 +392,8 @@ def refine_folds(
     folds = []
     for d, name in zip(eval_dirs, names):
         before = read_froc_json(os.path.join(d, "froc.json"))
-        after = refine_eval_dir(d, os.path.join(out_dir, name), params, data_root, ground_truth)
+        sub = path_inside(out_dir, name)  # writes stay inside the output folder
+        after = refine_eval_dir(d, sub, params, data_root, ground_truth)
         folds.append({
             "name": name, "eval_dir": os.path.abspath(d), "num_cases": after["num_cases"],
             "num_lesions": after["num_lesions"], "before": _headline(before),
