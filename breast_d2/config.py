@@ -2,6 +2,7 @@
 from detectron2.config import CfgNode as CN
 
 from .evaluation.params import FROCParams
+from .evaluation.refine import RefineParams
 
 __all__ = ["add_breast_config"]
 
@@ -67,6 +68,18 @@ def _add_froc_config(cfg: CN) -> None:
     cfg.TEST.FROC.DUPLICATES = d.duplicates
     # Bootstrap resamples of cases for the 95% confidence interval (0 turns it off).
     cfg.TEST.FROC.BOOTSTRAP = d.bootstrap
+    # Extent refinement of short candidates (breast_d2/evaluation/refine.py): extend a candidate
+    # spanning <= REFINE_MAX_SLICES slices by the slice beyond each z-end (at most
+    # REFINE_MAX_STEPS per end) where the subtraction channel REFINE_CHANNEL of the converted PNG
+    # inside its in-plane box, minus a REFINE_RING-pixel background ring, enhances >=
+    # REFINE_RATIO x the candidate's own slices' mean. Off: not yet measured on the CV folds.
+    r = RefineParams()
+    cfg.TEST.FROC.REFINE_EXTENT = r.enabled
+    cfg.TEST.FROC.REFINE_MAX_SLICES = r.max_slices
+    cfg.TEST.FROC.REFINE_RATIO = r.ratio
+    cfg.TEST.FROC.REFINE_MAX_STEPS = r.max_steps
+    cfg.TEST.FROC.REFINE_RING = r.ring
+    cfg.TEST.FROC.REFINE_CHANNEL = r.channel
 
 
 def _add_tta_config(cfg: CN) -> None:

@@ -93,7 +93,10 @@ def test_froc_keys_take_their_defaults_from_froc_params():
     # The study's settings, written out once here so that a changed default is noticed.
     expected = {"SLICE_GAP": 1, "LINK_IOU": 0.3, "SCORE": "max", "SCORE_THRESH": 0.0,
                 "HIT": "iou3d", "IOU_THRESH": 0.5, "DUPLICATES": "ignore", "BOOTSTRAP": 1000}
-    assert dict(cfg.TEST.FROC) == expected
+    # Extent refinement (breast_d2/evaluation/refine.py): off by default.
+    refine = {"REFINE_EXTENT": False, "REFINE_MAX_SLICES": 4, "REFINE_RATIO": 0.4,
+              "REFINE_MAX_STEPS": 1, "REFINE_RING": 2, "REFINE_CHANNEL": 1}
+    assert dict(cfg.TEST.FROC) == dict(expected, **refine)
     assert {k.upper(): v for k, v in FROCParams().asdict().items()} == expected
     # The evaluator without a config uses the same defaults.
     from detectron2.data import MetadataCatalog

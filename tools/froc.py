@@ -22,6 +22,18 @@ resamples shared by both runs)::
 
     python tools/froc.py --compare out/a/inference out/b/inference --out out/compare
 
+Extent refinement, post hoc (re-merge each evaluation folder's detections.json with the merge
+and FROC parameters its froc.json records, extend short candidates by an enhancing end slice read
+from the converted PNGs, see :mod:`breast_d2.evaluation.refine`; writes DIR/<folder name>/
+froc.json, froc.csv, froc.png, candidates.json, DIR/refine.json, refine.md and the cross-fold
+froc_folds.*; prints the saved vs refined CPM per fold)::
+
+    python tools/froc.py --detections OUT/masked/detector/fold*/inference/breast_fold*_val \
+        --refine-extent [DATA_ROOT] --out OUT/masked/refine_extent
+
+DATA_ROOT: the converted folder (default: the folder of each froc.json's recorded cases.json).
+``--detections`` without ``--refine-extent`` only re-merges (reproduces the saved FROC).
+
 The work is done by :mod:`breast_d2.evaluation.froc`. Bad input stops with one line
 ``error: ...`` on stderr and exit code 2.
 """
@@ -48,6 +60,7 @@ from breast_d2.evaluation.froc import (
     subset_cases,
 )
 from breast_d2.evaluation.plots import plot_folds
+from breast_d2.evaluation.refine import RefineParams, format_refine_table, refine_folds
 from breast_d2.fileio import write_atomic, write_json_atomic
 
 
@@ -69,6 +82,18 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=d.bootstrap,
                         help="case resamples, >= 0 (0: no CI)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    r = RefineParams()
+    parser.add_argument("--detections", nargs="+", metavar="DIR",
+                        help="evaluation folders (froc.json + detections.json) to re-merge")
+    parser.add_argument("--refine-extent", nargs="?", const="", metavar="DATA_ROOT",
+                        help="with --detections: refine short candidates' z-extent from the "
+                        "converted folder's slices (default: the recorded cases.json's folder)")
+    parser.add_argument("--refine-max-slices", type=int, default=r.max_slices)
+    parser.add_argument("--refine-ratio", type=float, default=r.ratio)
+    parser.add_argument("--refine-max-steps", type=int, default=r.max_steps)
+    parser.add_argument("--refine-ring", type=int, default=r.ring)
+    parser.add_argument("--refine-channel", type=int, default=r.channel,
+                        help="PNG channel of post1 - pre (0 = R)")
     return parser
 
 
@@ -146,11 +171,41 @@ def run_compare(args) -> str:
     return format_compare_line(result)
 
 
+def run_refine(args) -> str:
+    if args.candidates or args.folds or args.compare or args.splits:
+        raise FROCInputError("--detections takes no --candidates/--folds/--compare/--splits")
+    params = RefineParams(
+        enabled=args.refine_extent is not None,
+        max_slices=args.refine_max_slices,
+        ratio=args.refine_ratio,
+        max_steps=args.refine_max_steps,
+        ring=args.refine_ring,
+        channel=args.refine_channel,
+    ).checked()
+    summary = refine_folds(args.detections, args.out, params, data_root=args.refine_extent or None,
+                           ground_truth=args.ground_truth)  # fmt: skip
+    table = format_refine_table(summary)
+    write_json_atomic(os.path.join(args.out, "refine.json"), summary, indent=1)
+    write_atomic(os.path.join(args.out, "refine.md"), lambda f: f.write(table + "\n"))
+    dirs = [os.path.join(args.out, f["name"]) for f in summary["folds"]]
+    agg = evaluate_fold_dirs(dirs, ground_truth=args.ground_truth, bootstrap=args.bootstrap,
+                             seed=args.seed)
+    folds_table = format_folds_table(agg)
+    write_json_atomic(os.path.join(args.out, "froc_folds.json"), agg, indent=1)
+    write_atomic(os.path.join(args.out, "froc_folds.md"), lambda f: f.write(folds_table + "\n"))
+    plot_folds(agg, os.path.join(args.out, "froc_folds.png"))
+    return table + "\n\n" + folds_table
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_tool_logging(logging.WARNING)
     try:
-        if args.compare:
+        if args.refine_extent is not None and not args.detections:
+            raise FROCInputError("--refine-extent needs --detections (evaluation folders)")
+        if args.detections:
+            table = run_refine(args)
+        elif args.compare:
             table = run_compare(args)
         else:
             table = run_folds(args) if args.folds else run_single(args)

@@ -22,6 +22,7 @@ from .froc import (
     subset_cases,
 )
 from .params import FROCParams
+from .refine import ConvertedSlices, RefineParams, refine_extent
 
 __all__ = ["BreastFROCEvaluator"]
 
@@ -49,6 +50,7 @@ class BreastFROCEvaluator(DatasetEvaluator):
         *,
         distributed: bool = True,
         seed: int = 0,
+        refine: Optional[RefineParams] = None,
         **overrides: Any,
     ):
         """
@@ -59,6 +61,8 @@ class BreastFROCEvaluator(DatasetEvaluator):
                 (None: write nothing).
             distributed: gather predictions from all processes (False: this process only).
             seed: bootstrap seed.
+            refine: extent refinement of short candidates (default: ``cfg.TEST.FROC.REFINE_*``,
+                off); reads the slices of the dataset's ``data_root``.
             overrides: any of ``slice_gap, link_iou, score, score_thresh, hit, iou_thresh,
                 duplicates, bootstrap``, taking precedence over ``cfg``.
         """
@@ -74,6 +78,8 @@ class BreastFROCEvaluator(DatasetEvaluator):
         check_froc_params(params["hit"], params["iou_thresh"], params["duplicates"],
                           params["bootstrap"])
         self._params = params
+        self._refine = refine.checked() if refine is not None else RefineParams.from_config(
+            froc_cfg)
         self._seed = int(seed)
         self._dataset_name = dataset_name
         self._output_dir = output_dir
@@ -121,6 +127,14 @@ class BreastFROCEvaluator(DatasetEvaluator):
             score=p["score"],
             score_thresh=float(p["score_thresh"]),
         )
+        refine_info = None
+        if self._refine.enabled:
+            root = self._metadata.get("data_root", None)
+            if not root:
+                raise KeyError(f"MetadataCatalog[{self._dataset_name!r}] has no 'data_root'")
+            reader = ConvertedSlices(root, self._refine.channel)
+            candidates, stats = refine_extent(candidates, reader, self._refine)
+            refine_info = dict(self._refine.asdict(), data_root=root, **stats)
         result = compute_froc(
             candidates,
             ground_truth,
@@ -131,6 +145,8 @@ class BreastFROCEvaluator(DatasetEvaluator):
             seed=self._seed,
         )
         result["merge"] = {k: p[k] for k in ("slice_gap", "link_iou", "score", "score_thresh")}
+        if refine_info is not None:
+            result["merge"]["refine_extent"] = refine_info
         result["inputs"] = {"dataset": self._dataset_name, "ground_truth": self._cases_json()}
         logger.info(
             "FROC of %s: %d cases, %d masses, %d slice detections -> %d candidates",
