@@ -27,6 +27,15 @@ def test_cascade_configs_keep_the_study_detector_but_the_box_heads():
     assert cascade.SOLVER.EPOCHS == study.SOLVER.EPOCHS
     quick = load_breast_config(QUICK_CASCADE)
     assert quick.MODEL.ROI_HEADS.NAME == "CascadeROIHeads" and quick.MODEL.RESNETS.DEPTH == 18
+    demo = load_breast_config(os.path.join(REPO, "configs", "frcnn_cpu_demo.yaml"))
+    demo_cascade = load_breast_config(os.path.join(REPO, "configs", "frcnn_cpu_demo_cascade.yaml"))
+    assert demo_cascade.MODEL.ROI_HEADS.NAME == "CascadeROIHeads"
+    assert demo.MODEL.ROI_HEADS.NAME == "StandardROIHeads"
+    for key in ("MODEL.RESNETS.DEPTH", "SOLVER.MAX_ITER", "SEED", "INPUT.MIN_SIZE_TRAIN"):
+        a, b = demo, demo_cascade
+        for part in key.split("."):
+            a, b = getattr(a, part), getattr(b, part)
+        assert a == b, key  # only the box heads differ
 
 
 def test_quick_cascade_trains_and_evaluates(converted):
