@@ -225,7 +225,11 @@ def test_cross_validation_steps_are_fold_correct():
     args = cv.parse_args(["--config-file", QUICK, "--data", "D", "--folds", "0,2", "--out", "O"])
     steps = cv.build_steps(args)
     names = [s.name for s in steps]
-    assert names[0] == "segmentation unetplusplus fold0" and names[-1] == "cross-fold FROC report"
+    assert names[0] == "segmentation unetplusplus fold0"
+    assert names[-2:] == ["cross-fold FROC report", "false-positive reducer (out of fold)"]
+    reducer = steps[-1].command
+    assert reducer[reducer.index("--cv") + 1] == os.path.abspath("O")
+    assert reducer[reducer.index("--masks") + 1] == "fold"
     masks = [s for s in steps if s.name == "breast masks fold2"][0].command
     assert masks[masks.index("--weights") + 1].endswith(os.path.join("unetplusplus_fold2",
                                                                      "model_last.pth"))
@@ -235,7 +239,7 @@ def test_cross_validation_steps_are_fold_correct():
     assert train[-2:] == ["TEST.FINAL_EVAL", "False"]  # the next step evaluates
 
     args = cv.parse_args(["--config-file", QUICK, "--data", "D", "--folds", "0,1,2", "--out", "O",
-                          "--lanes", "2"])
+                          "--lanes", "2", "--no-fp-reducer"])
     group, report = cv.build_steps(args)
     assert isinstance(group, Parallel) and report.name == "cross-fold FROC report"
     lanes = [[s.name for s in lane if s.name.startswith("evaluate")] for lane in group.lanes]

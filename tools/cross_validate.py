@@ -9,7 +9,10 @@ For every fold K: train the breast segmentation model without fold K's validatio
 fold-correct breast masks (tools/predict_breast_masks.py), train the detector on masked slices
 (tools/train_net.py --resume), evaluate FROC on fold K's whole validation cases (--eval-only).
 Then tools/froc.py --folds writes the cross-fold report (per-fold curves, average curve,
-mean +- sd of sensitivity at 3.4 FP per case and CPM) next to the study's 0.874 @ 3.4.
+mean +- sd of sensitivity at 3.4 FP per case and CPM) next to the study's 0.874 @ 3.4, and
+tools/reduce_fp.py rescores every fold's candidates with the second-stage false-positive reducer
+trained out of fold (OUT/fp_reducer/: reduce_fp.md, the pooled FROC, the paired CPM comparison
+with the detector alone; --no-fp-reducer skips it).
 Rerunning skips finished steps and resumes an interrupted training. ``--lanes 2`` runs two folds
 side by side with one thread each (faster on a 2-core CPU; on one GPU keep the default 1).
 
@@ -98,6 +101,8 @@ def parse_args(argv=None):
     p.add_argument("--cpus-per-gpu", type=int, help="CPU cores per GPU (default 8)")
     p.add_argument("--slurm-args", type=slurm_args,
                    help="more sbatch options, e.g. --slurm-args='--account=abc --qos=high'")
+    p.add_argument("--no-fp-reducer", action="store_true",
+                   help="skip the out-of-fold false-positive reducer after the folds")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="detector config overrides KEY VALUE")
     args = p.parse_args(argv)
     check_launcher_args(p, args)
@@ -155,6 +160,24 @@ def report_step(args):
     )
 
 
+def reducer_step(args):
+    """tools/reduce_fp.py on the finished folds (out of fold: needs >= 2 folds)."""
+    masks = {"model": "fold", "gt": "gt", "none": "none"}[args.masks]
+    return Step(
+        "false-positive reducer (out of fold)",
+        tool_command("reduce_fp", "--cv", args.out, "--data", args.data, "--masks", masks,
+                     "--out", os.path.join(args.out, "fp_reducer")),
+    )
+
+
+def report_steps(args):
+    """The cross-fold report, then the false-positive reducer (>= 2 folds, unless disabled)."""
+    steps = [report_step(args)]
+    if len(args.folds) > 1 and not args.no_fp_reducer:
+        steps.append(reducer_step(args))
+    return steps
+
+
 def build_steps(args):
     """Every step of the local launcher: the folds (in lanes with --lanes), then the report."""
     folds = args.folds
@@ -165,7 +188,7 @@ def build_steps(args):
         steps = [Parallel(lanes, threads=1)]
     else:
         steps = [s for chain in per_fold for s in chain]
-    return steps + [report_step(args)]
+    return steps + report_steps(args)
 
 
 def cluster_options(args):
@@ -191,7 +214,7 @@ def run(args):
             fail(str(e))
         chains = {fold: functools.partial(fold_steps, args, fold) for fold in args.folds}
         run_fold_jobs(chains, args.out, options, executor)
-        run_steps([report_step(args)], args.out)
+        run_steps(report_steps(args), args.out)
     print(f"cross-validation report: {os.path.join(args.out, 'report')}")
 
 

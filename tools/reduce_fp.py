@@ -141,7 +141,11 @@ _HEADERS = ["Fold", "Cases", "Masses", "Candidates", "sens@1 before", "sens@1 af
 def run_cv(args, argv: Sequence[str]) -> str:
     cases = {c["case_id"]: c for c in load_cases_json(os.path.join(args.data, "cases.json"))}
     dirs = find_fold_dirs(args.cv)
-    out = _check_out(args.out, [args.cv] + dirs)
+    # OUT may lie in the cross-validation job folder (tools/cross_validate.py writes
+    # CV/fp_reducer), never in the folder of its fold evaluations or in the data.
+    detector = os.path.join(args.cv, "detector")
+    folds_home = detector if os.path.isdir(detector) else args.cv
+    out = _check_out(args.out, [folds_home, args.data] + dirs)
     runs = [load_fold_run(d) for d in dirs]
     params = runs[0].froc_params()
     for r in runs[1:]:
