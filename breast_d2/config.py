@@ -72,7 +72,8 @@ def _add_froc_config(cfg: CN) -> None:
     # spanning <= REFINE_MAX_SLICES slices by the slice beyond each z-end (at most
     # REFINE_MAX_STEPS per end) where the subtraction channel REFINE_CHANNEL of the converted PNG
     # inside its in-plane box, minus a REFINE_RING-pixel background ring, enhances >=
-    # REFINE_RATIO x the candidate's own slices' mean. Off: not yet measured on the CV folds.
+    # REFINE_RATIO x the candidate's own slices' mean. Off: no gain on the 75-case benchmark
+    # (pooled CPM 0.603 -> 0.601, BENCHMARKS.md).
     r = RefineParams()
     cfg.TEST.FROC.REFINE_EXTENT = r.enabled
     cfg.TEST.FROC.REFINE_MAX_SLICES = r.max_slices
