@@ -88,7 +88,8 @@ def _add_tta_config(cfg: CN) -> None:
     # multi-scale TTA merged by NMS (and has FLIP True by default).
     cfg.TEST.BREAST_TTA = CN()
     # Also run each test slice mirrored left-right, fusing the two passes' boxes by weighted box
-    # fusion before 3D merging. Off: it doubles test time and no CPU run has shown it helps yet.
+    # fusion before 3D merging. Off: it doubles test time, and on the 75-case phantom benchmark
+    # it lowered the pooled CPM by 0.066 (paired 95 % interval -0.159 to +0.025, BENCHMARKS.md).
     cfg.TEST.BREAST_TTA.FLIP = False
     # Boxes of the two passes fuse when their IoU is > this (ZFTurbo's WBF default, 0.55).
     cfg.TEST.BREAST_TTA.FUSION_IOU = 0.55
