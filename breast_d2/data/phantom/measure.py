@@ -106,16 +106,6 @@ def _bpe_prevalence(category: str) -> Callable[[Records], Tuple[int, int]]:
     return values
 
 
-def _curve_share(curve_type: str, benign: Optional[bool]) -> Callable[[Records], Tuple[int, int]]:
-    def values(records: Records) -> Tuple[int, int]:
-        kin = [lesion["kinetics"] for lesion in _lesions(records)]
-        if benign is not None:
-            kin = [k for k in kin if bool(k.get("benign", False)) == benign]
-        return sum(k["curve_type"] == curve_type for k in kin), len(kin)
-
-    return values
-
-
 def _lesion_to_parenchyma(records: Records) -> List[float]:
     return [
         float(lesion["lesion_to_parenchyma_post1"])
@@ -180,7 +170,8 @@ _FAT_SAT = ("Sensakovic et al., AAPM 2018 abstract (22 % of 98 studies); Ruiz-Fl
 
 
 def _mass_share(key: str, value: Any, benign: Optional[bool]) -> Callable[[Records], Any]:
-    """``(masses with lesion[key] == value, masses)``, among benign / malignant / all masses."""
+    """``(masses whose key == value, masses)`` among benign / malignant / all masses; the key is
+    a Lesion field (``margin``) or one of its ``kinetics`` (``curve_type``, ``benign``)."""
 
     def values(records: Records) -> Tuple[int, int]:
         lesions = _lesions(records)
@@ -213,11 +204,11 @@ ANCHORS += [
     Anchor("benign share of masses", "156/552 = 28 %", _JANSEN_JMRI, 0.283, 0.283, "proportion",
            _mass_share("benign", True, None)),
     Anchor("malignant masses: type III (wash-out)", "57.4 % of 101", _KUHL, 0.574, 0.574,
-           "proportion", _curve_share("III", False)),
+           "proportion", _mass_share("curve_type", "III", False)),
     Anchor("malignant masses: type II (plateau)", "33.6 % of 101", _KUHL, 0.336, 0.336,
-           "proportion", _curve_share("II", False)),
+           "proportion", _mass_share("curve_type", "II", False)),
     Anchor("benign masses: type I (persistent)", "83.0 % of 165", _KUHL, 0.83, 0.83,
-           "proportion", _curve_share("I", True)),
+           "proportion", _mass_share("curve_type", "I", True)),
     Anchor("malignant masses: spiculated margin", "43 % of 49", _MARGINS, 0.43, 0.43,
            "proportion", _mass_share("margin", "spiculated", False)),
     Anchor("focus: longest extent", "< 5 mm", "ACR BI-RADS Atlas 2013 (MRI lexicon)", 0.0, 5.0,
