@@ -57,7 +57,7 @@ def test_chain_is_one_component_with_union_box_and_mean_score():
         _det("a", 1, [2, 0, 12, 10], 0.4),
         _det("a", 2, [4, 0, 14, 10], 0.6),  # overlaps the first only through the chain
     ]
-    out = merge_slice_detections(dets, score="mean")
+    out = merge_slice_detections(dets, score="mean", box_merge="union")
     assert len(out) == 1
     assert out[0]["box"] == [0.0, 0.0, 0.0, 14.0, 10.0, 3.0]
     assert out[0]["score"] == pytest.approx(0.4)
@@ -107,8 +107,10 @@ def test_candidate_arrays_round_trip_and_validation():
                                              "score": 0.1}])
 
 
-def _brute_merge(dets, slice_gap, link_iou):
-    """Plain union-find over all pairs; returns sorted (case, box, max score, n slices)."""
+def _brute_merge(dets, slice_gap, link_iou, box_merge="union"):
+    """Plain union-find over all pairs; returns sorted (case, box, max score, n slices).
+    ``box_merge="fused"``: each slice's member boxes are first replaced by their score-weighted
+    mean (rounded to 9 decimals for the comparison)."""
     parent = list(range(len(dets)))
 
     def find(i):
@@ -133,9 +135,19 @@ def _brute_merge(dets, slice_gap, link_iou):
         groups.setdefault(find(i), []).append(dets[i])
     out = []
     for members in groups.values():
-        box = [min(m["box"][0] for m in members), min(m["box"][1] for m in members),
-               min(m["slice"] for m in members), max(m["box"][2] for m in members),
-               max(m["box"][3] for m in members), max(m["slice"] for m in members) + 1]
+        if box_merge == "fused":
+            fused = []
+            for z in sorted({m["slice"] for m in members}):
+                on = [m for m in members if m["slice"] == z]
+                w = sum(m["score"] for m in on)
+                fused.append({"slice": z, "box": [round(sum(m["box"][k] * m["score"] for m in on)
+                                                        / w, 9) for k in range(4)]})
+            spans = fused
+        else:
+            spans = members
+        box = [min(m["box"][0] for m in spans), min(m["box"][1] for m in spans),
+               min(m["slice"] for m in members), max(m["box"][2] for m in spans),
+               max(m["box"][3] for m in spans), max(m["slice"] for m in members) + 1]
         out.append((members[0]["case_id"], [float(v) for v in box],
                     max(m["score"] for m in members), len({m["slice"] for m in members})))
     return sorted(out)
@@ -151,15 +163,55 @@ def test_random_against_brute_force_and_permutation(seed):
                          [x0, y0, x0 + rng.randint(1, 15), y0 + rng.randint(1, 15)],
                          rng.choice([0.1, 0.5, 0.9, 0.3])))
     gap, thr = seed % 3, [0.3, 0.1, 0.5, 0.2][seed]
-    out = merge_slice_detections(dets, slice_gap=gap, link_iou=thr)
+    out = merge_slice_detections(dets, slice_gap=gap, link_iou=thr, box_merge="union")
     got = sorted((c["case_id"], c["box"], c["score"], c["slices"]) for c in out)
     assert got == _brute_merge(dets, gap, thr)
     shuffled = dets[:]
     rng.shuffle(shuffled)
-    assert merge_slice_detections(shuffled, slice_gap=gap, link_iou=thr) == out
+    assert merge_slice_detections(shuffled, slice_gap=gap, link_iou=thr,
+                                  box_merge="union") == out
     # Output order: by case, then first slice.
     keys = [(c["case_id"], c["box"][2]) for c in out]
     assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fused_boxes_against_brute_force(seed):
+    rng = random.Random(100 + seed)
+    dets = []
+    for _ in range(200):
+        x0, y0 = rng.randint(0, 30), rng.randint(0, 30)
+        dets.append(_det(rng.choice("ab"), rng.randint(0, 6),
+                         [x0, y0, x0 + rng.randint(2, 15), y0 + rng.randint(2, 15)],
+                         rng.choice([0.1, 0.5, 0.9, 0.3])))
+    out = merge_slice_detections(dets, link_iou=0.2, box_merge="fused")
+    got = sorted((c["case_id"], [round(v, 9) for v in c["box"]], c["score"], c["slices"])
+                 for c in out)
+    assert got == _brute_merge(dets, 1, 0.2, box_merge="fused")
+    union = merge_slice_detections(dets, link_iou=0.2, box_merge="union")
+    # Same components; every fused box lies inside its union box.
+    assert [(c["case_id"], c["score"], c["slices"]) for c in out] == \
+        [(c["case_id"], c["score"], c["slices"]) for c in union]
+    for f, u in zip(out, union):
+        assert all(a >= b - 1e-9 for a, b in zip(f["box"][:3], u["box"][:3]))
+        assert all(a <= b + 1e-9 for a, b in zip(f["box"][3:], u["box"][3:]))
+
+
+def test_fused_duplicate_on_a_slice_does_not_widen_the_box():
+    dets = [_det("a", 3, [10, 10, 20, 20], 0.9), _det("a", 3, [14, 10, 24, 20], 0.3),
+            _det("a", 4, [10, 10, 20, 20], 0.9)]
+    (union,) = merge_slice_detections(dets, box_merge="union")
+    assert union["box"] == [10.0, 10.0, 3.0, 24.0, 20.0, 5.0]
+    (fused,) = merge_slice_detections(dets, box_merge="fused")
+    # Slice 3: (10 * 0.9 + 14 * 0.3) / 1.2 = 11, (20 * 0.9 + 24 * 0.3) / 1.2 = 21.
+    assert fused["box"] == pytest.approx([10.0, 10.0, 3.0, 21.0, 20.0, 5.0])
+    assert fused["score"] == 0.9 and fused["slices"] == 2
+    # Zero scores: a plain mean.
+    zero = [dict(d, score=0.0) for d in dets]
+    (fz,) = merge_slice_detections(zero, box_merge="fused")
+    assert fz["box"] == pytest.approx([10.0, 10.0, 3.0, 22.0, 20.0, 5.0])
+    with pytest.raises(ValueError, match="box_merge"):
+        merge_slice_detections(dets, box_merge="mean")
 
 
 def test_large_chunked_pairs(monkeypatch):

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .params import FROCParams
+from .params import BOX_MERGE_MODES, FROCParams
 
 __all__ = [
     "FROCInputError",
@@ -293,6 +293,7 @@ def merge_slice_detections(
     link_iou: float = FROCParams.link_iou,
     score: str = FROCParams.score,
     score_thresh: float = FROCParams.score_thresh,
+    box_merge: str = FROCParams.box_merge,
 ) -> List[Dict[str, Any]]:
     """Merge slice detections into 3D candidates (the candidates JSON list).
 
@@ -304,6 +305,9 @@ def merge_slice_detections(
         link_iou: ... and whose 2D IoU is at least this.
         score: candidate score from its members' scores, ``"max"`` or ``"mean"``.
         score_thresh: detections with a score below this are dropped before merging.
+        box_merge: ``"union"`` (the box spans all members' boxes, the study's merge) or
+            ``"fused"`` (each slice's member boxes fuse into their score-weighted mean first;
+            the box spans the fused slice boxes).
 
     Returns:
         ``{"case_id", "box": [x0, y0, z0, x1, y1, z1] (half-open voxel indices), "score",
@@ -321,6 +325,7 @@ def merge_slice_detections(
         link_iou=link_iou,
         score=score,
         score_thresh=score_thresh,
+        box_merge=box_merge,
     )
     return merged.to_dicts()
 
@@ -336,6 +341,7 @@ def merge_slice_arrays(
     link_iou: float = FROCParams.link_iou,
     score: str = FROCParams.score,
     score_thresh: float = FROCParams.score_thresh,
+    box_merge: str = FROCParams.box_merge,
 ) -> CandidateArrays:
     """Array version of :func:`merge_slice_detections` (inputs are assumed valid).
 
@@ -345,7 +351,8 @@ def merge_slice_arrays(
         slices: [N] int, slice index z of each detection.
         boxes: [N, 4] float as x0, y0, x1, y1 (XYXY_ABS pixels of the slice).
         scores: [N] float detection scores.
-        slice_gap, link_iou, score, score_thresh: see :func:`merge_slice_detections`.
+        slice_gap, link_iou, score, score_thresh, box_merge: see
+            :func:`merge_slice_detections`.
 
     Returns:
         CandidateArrays whose ``case_ids`` are the names sorted, candidates ordered by case, then
@@ -353,6 +360,8 @@ def merge_slice_arrays(
     """
     if score not in ("max", "mean"):
         raise ValueError(f"score must be 'max' or 'mean', got {score!r}")
+    if box_merge not in BOX_MERGE_MODES:
+        raise ValueError(f"box_merge must be one of {BOX_MERGE_MODES}, got {box_merge!r}")
     if int(slice_gap) != slice_gap or slice_gap < 0:
         raise ValueError(f"slice_gap must be a non-negative integer, got {slice_gap!r}")
     if not 0.0 < link_iou <= 1.0:
@@ -374,7 +383,7 @@ def merge_slice_arrays(
     case, z, boxes, scores = case[order], z[order], boxes[order], scores[order]
 
     labels = _link(case, z, boxes, 1 + int(slice_gap), float(link_iou))
-    return _aggregate(names, labels, case, z, boxes, scores, score)
+    return _aggregate(names, labels, case, z, boxes, scores, score, box_merge)
 
 
 def _canonical_order(
@@ -520,6 +529,7 @@ def _aggregate(
     boxes: np.ndarray,
     scores: np.ndarray,
     score: str,
+    box_merge: str = "union",
 ) -> CandidateArrays:
     """Reduce detections sorted canonically and labelled by component into CandidateArrays."""
     if labels.size == 0:
@@ -534,19 +544,32 @@ def _aggregate(
     order = np.argsort(labels, kind="stable")
     lab, z, boxes, scores, case = labels[order], z[order], boxes[order], scores[order], case[order]
     starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    # Distinct slices per component: z is non-decreasing inside a component.
+    new_slice = np.r_[True, (z[1:] != z[:-1]) | (lab[1:] != lab[:-1])]
+    span_boxes, span_starts = boxes, starts
+    if box_merge == "fused":
+        # One box per (component, slice): the score-weighted mean of the slice's members (a
+        # plain mean where all their scores are 0), then the component spans those boxes.
+        slice_starts = np.flatnonzero(new_slice)
+        weight = np.add.reduceat(scores, slice_starts)
+        weighted = np.add.reduceat(boxes * scores[:, None], slice_starts) / np.where(
+            weight > 0, weight, 1.0)[:, None]
+        count = np.diff(np.r_[slice_starts, lab.size])
+        plain = np.add.reduceat(boxes, slice_starts) / count[:, None]
+        span_boxes = np.where((weight > 0)[:, None], weighted, plain)
+        slice_lab = lab[slice_starts]
+        span_starts = np.flatnonzero(np.r_[True, slice_lab[1:] != slice_lab[:-1]])
     out = np.empty((starts.size, 6), dtype=np.float64)
-    out[:, 0] = np.minimum.reduceat(boxes[:, 0], starts)
-    out[:, 1] = np.minimum.reduceat(boxes[:, 1], starts)
+    out[:, 0] = np.minimum.reduceat(span_boxes[:, 0], span_starts)
+    out[:, 1] = np.minimum.reduceat(span_boxes[:, 1], span_starts)
     out[:, 2] = np.minimum.reduceat(z, starts)
-    out[:, 3] = np.maximum.reduceat(boxes[:, 2], starts)
-    out[:, 4] = np.maximum.reduceat(boxes[:, 3], starts)
+    out[:, 3] = np.maximum.reduceat(span_boxes[:, 2], span_starts)
+    out[:, 4] = np.maximum.reduceat(span_boxes[:, 3], span_starts)
     out[:, 5] = np.maximum.reduceat(z, starts) + 1
     if score == "max":
         cand_scores = np.maximum.reduceat(scores, starts)
     else:
         sizes = np.diff(np.r_[starts, lab.size])
         cand_scores = np.add.reduceat(scores, starts) / sizes
-    # Distinct slices per component: z is non-decreasing inside a component.
-    new_slice = np.r_[True, (z[1:] != z[:-1]) | (lab[1:] != lab[:-1])]
     n_slices = np.add.reduceat(new_slice.astype(np.int64), starts)
     return CandidateArrays(names, case[starts], out, cand_scores, n_slices)

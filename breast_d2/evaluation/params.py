@@ -9,7 +9,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Dict
 
-__all__ = ["FROCParams"]
+__all__ = ["FROCParams", "BOX_MERGE_MODES", "MERGE_KEYS"]
+
+#: ``FROCParams.box_merge`` values: the study's union of the member boxes, or per-slice fusion.
+BOX_MERGE_MODES = ("union", "fused")
+#: The fields of :class:`FROCParams` that 3D merging reads (``froc.json`` records them).
+MERGE_KEYS = ("slice_gap", "link_iou", "score", "score_thresh", "box_merge")
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +31,10 @@ class FROCParams:
         link_iou: ... and whose 2D IoU is at least this.
         score: candidate score from its members' scores, ``"max"`` or ``"mean"``.
         score_thresh: slice detections below this score are dropped before merging.
+        box_merge: the candidate's in-plane box from its members' boxes: ``"union"`` spans them
+            all (the study's merge); ``"fused"`` first fuses the boxes of each slice into their
+            score-weighted mean, then spans the fused slice boxes, so overlapping duplicates on
+            one slice do not widen the candidate.
         hit: hit criterion, ``"iou3d"`` (the study), ``"iou2d"`` or ``"center"``.
         iou_thresh: a candidate hits a mass when its IoU is strictly greater than this.
         duplicates: extra hits on a detected mass, ``"ignore"`` (LUNA16) or ``"fp"``
@@ -37,6 +46,8 @@ class FROCParams:
     link_iou: float = 0.3
     score: str = "max"
     score_thresh: float = 0.0
+    # "fused" + the box fit (boxfit.py) won on the 75-case phantom benchmark (BENCHMARKS.md).
+    box_merge: str = "fused"
     hit: str = "iou3d"
     iou_thresh: float = 0.5
     duplicates: str = "ignore"
