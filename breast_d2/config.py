@@ -2,6 +2,7 @@
 from detectron2.config import CfgNode as CN
 
 from .evaluation.params import FROCParams
+from .evaluation.boxfit import BoxFitParams
 from .evaluation.refine import RefineParams
 
 __all__ = ["add_breast_config"]
@@ -60,6 +61,9 @@ def _add_froc_config(cfg: CN) -> None:
     cfg.TEST.FROC.SCORE = d.score
     # Slice detections below this score are dropped before merging.
     cfg.TEST.FROC.SCORE_THRESH = d.score_thresh
+    # Candidate box from its slice boxes: "union" spans them all (the study's merge); "fused"
+    # first fuses each slice's boxes into their score-weighted mean.
+    cfg.TEST.FROC.BOX_MERGE = d.box_merge
     # Hit criterion: "iou3d" (the study), "iou2d" or "center".
     cfg.TEST.FROC.HIT = d.hit
     # A candidate hits a mass when its IoU is strictly greater than this.
@@ -74,6 +78,17 @@ def _add_froc_config(cfg: CN) -> None:
     # inside its in-plane box, minus a REFINE_RING-pixel background ring, enhances >=
     # REFINE_RATIO x the candidate's own slices' mean. Off: no gain on the 75-case benchmark
     # (pooled CPM 0.603 -> 0.601, BENCHMARKS.md).
+    # Box fit (breast_d2/evaluation/boxfit.py): after merging, each candidate's box becomes the
+    # box of the enhancing blob under it in the subtraction channel BOX_FIT_CHANNEL of the
+    # converted PNG: the connected region above background + BOX_FIT_LEVEL x (peak - background)
+    # (0.5: half maximum) inside the box grown by BOX_FIT_MARGIN x its size; kept when that box
+    # overlaps the merged one by a 3D IoU below BOX_FIT_MIN_IOU.
+    f = BoxFitParams()
+    cfg.TEST.FROC.BOX_FIT = f.enabled
+    cfg.TEST.FROC.BOX_FIT_LEVEL = f.level
+    cfg.TEST.FROC.BOX_FIT_MARGIN = f.margin
+    cfg.TEST.FROC.BOX_FIT_MIN_IOU = f.min_iou
+    cfg.TEST.FROC.BOX_FIT_CHANNEL = f.channel
     r = RefineParams()
     cfg.TEST.FROC.REFINE_EXTENT = r.enabled
     cfg.TEST.FROC.REFINE_MAX_SLICES = r.max_slices

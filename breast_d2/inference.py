@@ -2,7 +2,8 @@
 
 The same preprocessing as training: phases -> 3 channels (``compose_channels``, the converter's
 windowing), breast mask from the segmentation model, pixels outside the mask zeroed, detectron2
-test-time resize, then :func:`merge_slice_detections` with the config's ``TEST.FROC`` keys.
+test-time resize, then :func:`merge_slice_detections` and the box fit
+(:mod:`breast_d2.evaluation.boxfit`) with the config's ``TEST.FROC`` keys.
 """
 import logging
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from detectron2.modeling import build_model
 from .data.channels import compose_channels
 from .data.readers import CaseGeometry, read_phases_from_dir
 from .engine.checkpoint import BreastCheckpointer
-from .evaluation.candidates import merge_slice_detections
+from .evaluation.boxfit import ArraySlices, BoxFitParams, fit_boxes
+from .evaluation.candidates import CandidateArrays, merge_slice_detections
 from .modeling.tta import apply_test_time_flip
 from .segmentation.postprocess import dilate_mm
 
@@ -138,8 +140,15 @@ class CaseDetector:
         detections = self.detect_slices(images, case_id, progress)
         froc = self.cfg.TEST.FROC
         candidates = merge_slice_detections(
-            detections, froc.SLICE_GAP, froc.LINK_IOU, froc.SCORE, froc.SCORE_THRESH
+            detections, froc.SLICE_GAP, froc.LINK_IOU, froc.SCORE, froc.SCORE_THRESH,
+            box_merge=froc.BOX_MERGE,
         )
+        fit = BoxFitParams.from_config(froc)
+        if fit.enabled and candidates:
+            # The same fit as the evaluator's, on the same (unmasked) composed slices.
+            reader = ArraySlices({case_id: slices_rgb[..., fit.channel]})
+            fitted, _ = fit_boxes(CandidateArrays.from_dicts(candidates), reader, fit)
+            candidates = fitted.to_dicts()
         candidates.sort(key=lambda c: -c["score"])
         for c in candidates:
             c.update(box_to_physical(c["box"], geometry))

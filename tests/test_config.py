@@ -90,18 +90,24 @@ def test_froc_keys_take_their_defaults_from_froc_params():
 
     cfg = get_cfg()
     add_breast_config(cfg)
-    # The study's settings, written out once here so that a changed default is noticed.
+    # The study's settings (but BOX_MERGE: the study's is "union"), written out once here so
+    # that a changed default is noticed.
     expected = {"SLICE_GAP": 1, "LINK_IOU": 0.3, "SCORE": "max", "SCORE_THRESH": 0.0,
-                "HIT": "iou3d", "IOU_THRESH": 0.5, "DUPLICATES": "ignore", "BOOTSTRAP": 1000}
+                "BOX_MERGE": "fused", "HIT": "iou3d", "IOU_THRESH": 0.5, "DUPLICATES": "ignore",
+                "BOOTSTRAP": 1000}
+    # Box fit (breast_d2/evaluation/boxfit.py).
+    box_fit = {"BOX_FIT": True, "BOX_FIT_LEVEL": 0.5, "BOX_FIT_MARGIN": 0.5,
+               "BOX_FIT_MIN_IOU": 0.3, "BOX_FIT_CHANNEL": 1}
     # Extent refinement (breast_d2/evaluation/refine.py): off by default.
     refine = {"REFINE_EXTENT": False, "REFINE_MAX_SLICES": 4, "REFINE_RATIO": 0.4,
               "REFINE_MAX_STEPS": 1, "REFINE_RING": 2, "REFINE_CHANNEL": 1}
-    assert dict(cfg.TEST.FROC) == dict(expected, **refine)
+    assert dict(cfg.TEST.FROC) == dict(expected, **refine, **box_fit)
     assert {k.upper(): v for k, v in FROCParams().asdict().items()} == expected
     # The evaluator without a config uses the same defaults.
     from detectron2.data import MetadataCatalog
 
     try:
+        MetadataCatalog.get("breast_froc_defaults_test").set(data_root="/nonexistent")
         ev = BreastFROCEvaluator("breast_froc_defaults_test", distributed=False)
         assert ev._params == FROCParams().asdict()
     finally:

@@ -13,8 +13,11 @@ from detectron2.utils import comm
 
 from breast_d2.config import add_breast_config
 from breast_d2.evaluation import BreastFROCEvaluator, compute_froc, merge_slice_detections
+from breast_d2.evaluation.boxfit import BoxFitParams
 
 NAME = "breast_froc_evaluator_test_val"
+# The toy split has boxes, no converted slices: the box fit (on by default) has no image to read.
+NO_FIT = BoxFitParams(enabled=False)
 SIZE = 64
 CASES = {
     "a": [[10, 10, 2, 30, 30, 6]],  # detected on slices 2, 3 and 5 (gap bridged) + one FP
@@ -78,7 +81,8 @@ def _run(evaluator, dicts):
 
 def test_process_evaluate_hand_computed(dataset):
     out = os.path.join(dataset, "inference")
-    res = _run(BreastFROCEvaluator(NAME, output_dir=out, distributed=False, bootstrap=50),
+    res = _run(BreastFROCEvaluator(NAME, output_dir=out, distributed=False, bootstrap=50,
+                                   box_fit=NO_FIT),
                _dataset_dicts())
     froc = res["froc"]
     # Curve: 0.95 -> (1/3 FP, 0), 0.9 -> (1/3, 1/2), 0.6 -> (2/3, 1/2); 3 cases, 2 masses.
@@ -111,6 +115,7 @@ def test_cfg_keys_are_read(dataset):
     add_breast_config(cfg)
     cfg.TEST.FROC.SLICE_GAP = 0  # slice 5 no longer joins slices 2-3: candidate [2, 4) IoU 0.5
     cfg.TEST.FROC.BOOTSTRAP = 0
+    cfg.TEST.FROC.BOX_FIT = False
     res = _run(BreastFROCEvaluator(NAME, cfg, distributed=False), _dataset_dicts())
     assert res["froc"]["cpm"] == 0.0
     res = _run(BreastFROCEvaluator(NAME, cfg, distributed=False, hit="center"), _dataset_dicts())
@@ -125,16 +130,17 @@ class _DummyModel(torch.nn.Module):
 def test_inference_on_dataset(dataset):
     dicts = _dataset_dicts()
     loader = [dicts[i : i + 4] for i in range(0, len(dicts), 4)]
-    evaluator = BreastFROCEvaluator(NAME, distributed=True, bootstrap=0)
+    evaluator = BreastFROCEvaluator(NAME, distributed=True, bootstrap=0, box_fit=NO_FIT)
     res = inference_on_dataset(_DummyModel(), loader, evaluator)
     assert res["froc"]["cpm"] == pytest.approx(2.5 / 7)
 
 
 def test_two_processes_same_numbers(dataset, monkeypatch):
     dicts = _dataset_dicts()
-    single = _run(BreastFROCEvaluator(NAME, distributed=False, bootstrap=30), dicts)
+    single = _run(BreastFROCEvaluator(NAME, distributed=False, bootstrap=30, box_fit=NO_FIT),
+                  dicts)
     # Rank 0 gets every other image; rank 1 the rest in reverse order (what gather returns).
-    ranks = [BreastFROCEvaluator(NAME, bootstrap=30) for _ in range(2)]
+    ranks = [BreastFROCEvaluator(NAME, bootstrap=30, box_fit=NO_FIT) for _ in range(2)]
     for k, ev in enumerate(ranks):
         ev.reset()
         part = dicts[k::2][:: -1 if k else 1]
@@ -160,4 +166,12 @@ def test_bad_froc_parameters_fail_at_construction():
 
     for kw in ({"iou_thresh": -1.0}, {"iou_thresh": float("nan")}, {"bootstrap": -5}):
         with pytest.raises(FROCInputError):
-            BreastFROCEvaluator(NAME, distributed=False, **kw)
+            BreastFROCEvaluator(NAME, distributed=False, box_fit=NO_FIT, **kw)
+    with pytest.raises(ValueError, match="box_merge|BOX_MERGE"):
+        BreastFROCEvaluator(NAME, distributed=False, box_fit=NO_FIT, box_merge="mean")
+
+
+def test_box_fit_without_converted_slices_fails_at_construction(dataset):
+    # The default pipeline fits boxes to the image: a split without data_root says so at once.
+    with pytest.raises(ValueError, match="no 'data_root'.*TEST.FROC.BOX_FIT False"):
+        BreastFROCEvaluator(NAME, distributed=False)

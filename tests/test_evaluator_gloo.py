@@ -24,6 +24,9 @@ from detectron2.utils import comm
 
 from breast_d2.engine import BreastCheckpointer, load_breast_config
 from breast_d2.evaluation import BreastFROCEvaluator, compute_froc, merge_slice_detections
+from breast_d2.evaluation.boxfit import BoxFitParams, fit_boxes
+from breast_d2.evaluation.candidates import CandidateArrays
+from breast_d2.evaluation.refine import ConvertedSlices
 from breast_d2.fileio import jsonable, write_json_atomic
 from helpers import QUICK, REPO, tool_path, write_converted_phantom
 from test_evaluator import CASES, DETECTIONS, SIZE, SLICES
@@ -83,8 +86,9 @@ def _unregister():
 
 def _evaluate(dicts, output_dir, distributed):
     """reset / process (batches of 2, as a test loader) / evaluate; returns evaluate()'s dict."""
+    # The toy split has no converted slices for the box fit.
     evaluator = BreastFROCEvaluator(NAME, output_dir=output_dir, distributed=distributed,
-                                    bootstrap=BOOTSTRAP)
+                                    bootstrap=BOOTSTRAP, box_fit=BoxFitParams(enabled=False))
     evaluator.reset()
     for i in range(0, len(dicts), 2):
         batch = dicts[i : i + 2]
@@ -209,8 +213,12 @@ def test_eval_only_tool_with_one_gpu_runs_in_process_on_the_cpu():
             truth = [c for c in json.load(f)["cases"] if c["case_id"] in val_cases]
         with open(os.path.join(inference, "detections.json")) as f:
             detections = json.load(f)
+        # froc.json holds the library's numbers on the detections the tool wrote (strict JSON):
+        # merged, then (the default pipeline) fitted to the converted slices.
+        merged = CandidateArrays.from_dicts(merge_slice_detections(detections))
+        fitted, _ = fit_boxes(merged, ConvertedSlices(data, BoxFitParams().channel))
+        ref = jsonable(compute_froc(fitted, truth, bootstrap=20))
     assert sorted(froc["case_ids"]) == sorted(val_cases) and froc["num_cases"] == len(val_cases)
     assert detections and froc["num_candidates"] > 0
-    # froc.json holds the library's numbers on the detections the tool wrote (strict JSON).
-    ref = jsonable(compute_froc(merge_slice_detections(detections), truth, bootstrap=20))
+    assert froc["merge"]["box_fit"]["enabled"] is True
     assert {k: froc[k] for k in ref} == ref

@@ -175,8 +175,9 @@ def test_params_from_config_default_off_and_checked():
             RefineParams(**bad).checked()
 
 
-def _eval_folder(toy, out, refine):
-    """Run BreastFROCEvaluator on the toy split with fake outputs of DETECTIONS."""
+def _eval_folder(toy, out, refine, **froc_cfg):
+    """Run BreastFROCEvaluator on the toy split with fake outputs of DETECTIONS
+    (``froc_cfg``: more ``cfg.TEST.FROC`` keys)."""
     import torch
     from detectron2.config import get_cfg
     from detectron2.data import MetadataCatalog
@@ -193,6 +194,9 @@ def _eval_folder(toy, out, refine):
     cfg.TEST.FROC.BOOTSTRAP = 0
     cfg.TEST.FROC.REFINE_EXTENT = refine
     cfg.TEST.FROC.REFINE_RATIO = PARAMS.ratio
+    cfg.TEST.FROC.BOX_FIT = False  # on by default; these tests look at the refinement alone
+    for key, value in froc_cfg.items():
+        cfg.TEST.FROC[key] = value
     try:
         ev = BreastFROCEvaluator(name, cfg, out, distributed=False)
         ev.reset()
@@ -258,6 +262,32 @@ def test_post_hoc_tool_on_eval_folders(toy, tmp_path, capsys):
     assert _read(os.path.join(out3, "breast_fold0_val", "froc.json"))["cpm"] == saved["cpm"]
 
 
+def test_box_fit_in_the_evaluator_and_post_hoc(toy, tmp_path):
+    fold = str(tmp_path / "run" / "breast_fold0_val")
+    _eval_folder(toy, fold, refine=False)
+    saved = CandidateArrays.from_dicts(_read(os.path.join(fold, "candidates.json")))
+    assert _box_of(saved, 38) == [38, 18, 4, 46, 26, 6]  # B as detected: 2 px loose in x and y
+    out = str(tmp_path / "fitted")
+    assert load_tool("froc").main(["--detections", fold, "--box-fit", "--box-merge", "fused",
+                                   "--out", out, "--bootstrap", "0"]) == 0  # fmt: skip
+    res = _read(os.path.join(out, "breast_fold0_val", "froc.json"))
+    assert res["merge"]["box_merge"] == "fused"
+    assert res["merge"]["box_fit"]["fitted"] == 3 and res["merge"]["box_fit"]["level"] == 0.5
+    fitted = CandidateArrays.from_dicts(
+        _read(os.path.join(out, "breast_fold0_val", "candidates.json")))
+    # B and the long structure C snap to their enhancing boxes, from the image alone.
+    assert _box_of(fitted, 40, 20) == MASS_B
+    assert _box_of(fitted, 20, 42) == LONG_C
+    assert res["sensitivity_at"]["8"] == 1.0
+    # The evaluator with TEST.FROC.BOX_FIT gives the same candidates as the post-hoc fit.
+    live = str(tmp_path / "live")
+    _eval_folder(toy, live, refine=False, BOX_FIT=True, BOX_MERGE="fused")
+    with open(os.path.join(live, "candidates.json"), "rb") as a, \
+            open(os.path.join(out, "breast_fold0_val", "candidates.json"), "rb") as b:
+        assert a.read() == b.read()
+    assert _read(os.path.join(live, "froc.json"))["merge"]["box_fit"]["fitted"] == 3
+
+
 def test_post_hoc_tool_bad_input_is_one_line(toy, tmp_path, capsys):
     tool = load_tool("froc")
     empty = tmp_path / "empty"
@@ -273,7 +303,7 @@ def test_post_hoc_tool_bad_input_is_one_line(toy, tmp_path, capsys):
     assert tool.main(["--detections", fold, "--out", str(tmp_path / "o")]) == 2
     assert "records no merge parameters" in capsys.readouterr().err
     assert tool.main(["--refine-extent", toy, "--out", str(tmp_path / "o")]) == 2
-    assert "needs --detections" in capsys.readouterr().err
+    assert "need --detections" in capsys.readouterr().err
 
 
 def test_refine_eval_dir_disabled_keeps_recorded_params(toy, tmp_path):

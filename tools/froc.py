@@ -32,7 +32,9 @@ froc_folds.*; prints the saved vs refined CPM per fold)::
         --refine-extent [DATA_ROOT] --out OUT/masked/refine_extent
 
 DATA_ROOT: the converted folder (default: the folder of each froc.json's recorded cases.json).
-``--detections`` without ``--refine-extent`` only re-merges (reproduces the saved FROC).
+``--box-merge fused`` re-merges with per-slice box fusion and ``--box-fit`` fits each candidate's
+box to the enhancing blob under it (:mod:`breast_d2.evaluation.boxfit`), before any refinement.
+``--detections`` without these options only re-merges (reproduces the saved FROC).
 
 The work is done by :mod:`breast_d2.evaluation.froc`. Bad input stops with one line
 ``error: ...`` on stderr and exit code 2.
@@ -59,6 +61,8 @@ from breast_d2.evaluation.froc import (
     save_froc,
     subset_cases,
 )
+from breast_d2.evaluation.boxfit import BoxFitParams
+from breast_d2.evaluation.params import BOX_MERGE_MODES
 from breast_d2.evaluation.plots import plot_folds
 from breast_d2.evaluation.refine import RefineParams, format_refine_table, refine_folds
 from breast_d2.fileio import write_atomic, write_json_atomic
@@ -93,6 +97,19 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-max-steps", type=int, default=r.max_steps)
     parser.add_argument("--refine-ring", type=int, default=r.ring)
     parser.add_argument("--refine-channel", type=int, default=r.channel,
+                        help="PNG channel of post1 - pre (0 = R)")
+    f = BoxFitParams()
+    parser.add_argument("--box-merge", choices=BOX_MERGE_MODES,
+                        help="with --detections: re-merge with this candidate box rule (default: "
+                             "as each froc.json records)")
+    parser.add_argument("--box-fit", action="store_true",
+                        help="with --detections: fit each candidate's box to its enhancing blob "
+                             "(breast_d2/evaluation/boxfit.py); slices from --refine-extent's "
+                             "DATA_ROOT or the ground truth's folder")
+    parser.add_argument("--box-fit-level", type=float, default=f.level)
+    parser.add_argument("--box-fit-margin", type=float, default=f.margin)
+    parser.add_argument("--box-fit-min-iou", type=float, default=f.min_iou)
+    parser.add_argument("--box-fit-channel", type=int, default=f.channel,
                         help="PNG channel of post1 - pre (0 = R)")
     return parser
 
@@ -182,8 +199,16 @@ def run_refine(args) -> str:
         ring=args.refine_ring,
         channel=args.refine_channel,
     ).checked()
+    fit = BoxFitParams(
+        enabled=args.box_fit,
+        level=args.box_fit_level,
+        margin=args.box_fit_margin,
+        min_iou=args.box_fit_min_iou,
+        channel=args.box_fit_channel,
+    ).checked()
     summary = refine_folds(args.detections, args.out, params, data_root=args.refine_extent or None,
-                           ground_truth=args.ground_truth)  # fmt: skip
+                           ground_truth=args.ground_truth, fit=fit,
+                           box_merge=args.box_merge)  # fmt: skip
     table = format_refine_table(summary)
     write_json_atomic(os.path.join(args.out, "refine.json"), summary, indent=1)
     write_atomic(os.path.join(args.out, "refine.md"), lambda f: f.write(table + "\n"))
@@ -201,8 +226,10 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_tool_logging(logging.WARNING)
     try:
-        if args.refine_extent is not None and not args.detections:
-            raise FROCInputError("--refine-extent needs --detections (evaluation folders)")
+        if not args.detections and (args.refine_extent is not None or args.box_fit
+                                    or args.box_merge):
+            raise FROCInputError("--refine-extent, --box-fit and --box-merge need --detections "
+                                 "(evaluation folders)")
         if args.detections:
             table = run_refine(args)
         elif args.compare:

@@ -21,7 +21,8 @@ from .froc import (
     save_froc,
     subset_cases,
 )
-from .params import FROCParams
+from .params import BOX_MERGE_MODES, MERGE_KEYS, FROCParams
+from .boxfit import BoxFitParams, fit_boxes
 from .refine import ConvertedSlices, RefineParams, refine_extent
 
 __all__ = ["BreastFROCEvaluator"]
@@ -51,6 +52,7 @@ class BreastFROCEvaluator(DatasetEvaluator):
         distributed: bool = True,
         seed: int = 0,
         refine: Optional[RefineParams] = None,
+        box_fit: Optional[BoxFitParams] = None,
         **overrides: Any,
     ):
         """
@@ -63,8 +65,10 @@ class BreastFROCEvaluator(DatasetEvaluator):
             seed: bootstrap seed.
             refine: extent refinement of short candidates (default: ``cfg.TEST.FROC.REFINE_*``,
                 off); reads the slices of the dataset's ``data_root``.
-            overrides: any of ``slice_gap, link_iou, score, score_thresh, hit, iou_thresh,
-                duplicates, bootstrap``, taking precedence over ``cfg``.
+            box_fit: fit of candidate boxes to the enhancing blob (default:
+                ``cfg.TEST.FROC.BOX_FIT*``); reads the slices of the dataset's ``data_root``.
+            overrides: any of ``slice_gap, link_iou, score, score_thresh, box_merge, hit,
+                iou_thresh, duplicates, bootstrap``, taking precedence over ``cfg``.
         """
         unknown = set(overrides) - set(_CFG_KEYS)
         if unknown:
@@ -77,14 +81,26 @@ class BreastFROCEvaluator(DatasetEvaluator):
         # Fail at construction (before inference over the whole split), not at evaluate().
         check_froc_params(params["hit"], params["iou_thresh"], params["duplicates"],
                           params["bootstrap"])
+        if params["box_merge"] not in BOX_MERGE_MODES:
+            raise ValueError(f"TEST.FROC.BOX_MERGE must be one of {BOX_MERGE_MODES}, "
+                             f"got {params['box_merge']!r}")  # fmt: skip
         self._params = params
         self._refine = refine.checked() if refine is not None else RefineParams.from_config(
+            froc_cfg)
+        self._fit = box_fit.checked() if box_fit is not None else BoxFitParams.from_config(
             froc_cfg)
         self._seed = int(seed)
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._distributed = distributed
         self._metadata = MetadataCatalog.get(dataset_name)
+        if (self._fit.enabled or self._refine.enabled) and not self._metadata.get(
+                "data_root", None):
+            raise ValueError(
+                f"dataset {dataset_name!r} has no 'data_root' metadata (the converted slices "
+                "that TEST.FROC.BOX_FIT and REFINE_EXTENT read): register it with "
+                "breast_d2.data.register_breast_folds, or set TEST.FROC.BOX_FIT False"
+            )
         self._cpu_device = "cpu"
         self._predictions: List[Tuple[str, int, np.ndarray, np.ndarray]] = []
 
@@ -126,12 +142,16 @@ class BreastFROCEvaluator(DatasetEvaluator):
             link_iou=float(p["link_iou"]),
             score=p["score"],
             score_thresh=float(p["score_thresh"]),
+            box_merge=p["box_merge"],
         )
-        refine_info = None
+        refine_info = fit_info = None
+        if self._fit.enabled:
+            root = self._metadata.data_root
+            candidates, stats = fit_boxes(candidates, ConvertedSlices(root, self._fit.channel),
+                                          self._fit)  # fmt: skip
+            fit_info = dict(self._fit.asdict(), data_root=root, **stats)
         if self._refine.enabled:
-            root = self._metadata.get("data_root", None)
-            if not root:
-                raise KeyError(f"MetadataCatalog[{self._dataset_name!r}] has no 'data_root'")
+            root = self._metadata.data_root
             reader = ConvertedSlices(root, self._refine.channel)
             candidates, stats = refine_extent(candidates, reader, self._refine)
             refine_info = dict(self._refine.asdict(), data_root=root, **stats)
@@ -144,7 +164,9 @@ class BreastFROCEvaluator(DatasetEvaluator):
             bootstrap=int(p["bootstrap"]),
             seed=self._seed,
         )
-        result["merge"] = {k: p[k] for k in ("slice_gap", "link_iou", "score", "score_thresh")}
+        result["merge"] = {k: p[k] for k in MERGE_KEYS}
+        if fit_info is not None:
+            result["merge"]["box_fit"] = fit_info
         if refine_info is not None:
             result["merge"]["refine_extent"] = refine_info
         result["inputs"] = {"dataset": self._dataset_name, "ground_truth": self._cases_json()}

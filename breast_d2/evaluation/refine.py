@@ -31,7 +31,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -43,6 +43,9 @@ from .candidates import CandidateArrays, FROCInputError, detections_to_arrays, m
 from .froc import compute_froc
 from .io import load_cases_json, read_froc_json, save_froc, subset_cases
 from .params import FROCParams
+
+if TYPE_CHECKING:
+    from .boxfit import BoxFitParams
 
 __all__ = [
     "RefineParams",
@@ -57,6 +60,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Merge parameters every evaluator froc.json records; "box_merge" came later (older files
+# merged with "union").
 _MERGE_KEYS = ("slice_gap", "link_iou", "score", "score_thresh")
 
 
@@ -297,18 +302,25 @@ def refine_eval_dir(
     params: RefineParams,
     data_root: Optional[str] = None,
     ground_truth: Optional[str] = None,
+    fit: Optional["BoxFitParams"] = None,
+    box_merge: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Re-merge a saved evaluation folder's detections with the refinement and write its FROC.
 
     Reads ``eval_dir/froc.json`` (its ``merge`` parameters, FROC ``params``, ``bootstrap``,
     ``case_ids`` and ``inputs.ground_truth``) and ``eval_dir/detections.json``; merges the
-    detections with the recorded parameters, refines (when ``params.enabled``), and writes
-    ``froc.json`` (``merge.refine_extent`` = the parameters and counts), ``froc.csv``,
-    ``froc.png`` and ``candidates.json`` into ``out_dir``.
+    detections with the recorded parameters (``box_merge`` replaced when given), fits the boxes
+    to the image (when ``fit.enabled``, :mod:`breast_d2.evaluation.boxfit`), refines the extent
+    (when ``params.enabled``), and writes ``froc.json`` (``merge.box_fit`` and
+    ``merge.refine_extent`` = the parameters and counts), ``froc.csv``, ``froc.png``,
+    ``candidates.json`` and a copy of ``detections.json`` into ``out_dir`` (a complete evaluation
+    folder, e.g. for ``tools/reduce_fp.py``).
 
     Args:
         data_root: the converted folder of the slices (default: the folder of the ground truth).
         ground_truth: ``cases.json`` (default: the one recorded in ``froc.json``).
+        fit: box fit parameters (None: no fit).
+        box_merge: ``"union"`` or ``"fused"`` (None: as recorded; ``"union"`` if not recorded).
 
     Returns:
         The new ``froc.json`` dict.
@@ -335,11 +347,20 @@ def refine_eval_dir(
     except FROCInputError as e:
         raise FROCInputError(f"{det_path}: {e}") from None
     cases = subset_cases(load_cases_json(gt_path), res["case_ids"])
-    merge = {k: merge[k] for k in _MERGE_KEYS}
-    cands = merge_slice_arrays(names, case_index, slices, boxes, scores, **merge)
+    merge = dict({k: merge[k] for k in _MERGE_KEYS}, box_merge=box_merge or merge.get(
+        "box_merge", "union"))
+    try:
+        cands = merge_slice_arrays(names, case_index, slices, boxes, scores, **merge)
+    except ValueError as e:
+        raise FROCInputError(f"{eval_dir}/froc.json: {e}") from None
     merge_out: Dict[str, Any] = dict(merge)
+    root = data_root or os.path.dirname(os.path.abspath(gt_path))
+    if fit is not None and fit.enabled:
+        from .boxfit import fit_boxes  # boxfit imports this module
+
+        cands, stats = fit_boxes(cands, ConvertedSlices(root, fit.channel), fit)
+        merge_out["box_fit"] = dict(fit.asdict(), data_root=os.path.abspath(root), **stats)
     if params.enabled:
-        root = data_root or os.path.dirname(os.path.abspath(gt_path))
         cands, stats = refine_extent(cands, ConvertedSlices(root, params.channel), params)
         merge_out["refine_extent"] = dict(params.asdict(), data_root=os.path.abspath(root),
                                           **stats)  # fmt: skip
@@ -353,7 +374,7 @@ def refine_eval_dir(
     result["inputs"] = {"detections": os.path.abspath(det_path),
                         "ground_truth": os.path.abspath(gt_path),
                         "refined_from": os.path.abspath(eval_dir)}  # fmt: skip
-    save_froc(result, out_dir, candidates=cands)
+    save_froc(result, out_dir, candidates=cands, detections=dets)
     return result
 
 
@@ -380,6 +401,8 @@ def refine_folds(
     params: RefineParams,
     data_root: Optional[str] = None,
     ground_truth: Optional[str] = None,
+    fit: Optional["BoxFitParams"] = None,
+    box_merge: Optional[str] = None,
 ) -> Dict[str, Any]:
     """:func:`refine_eval_dir` for each fold folder, into ``out_dir/<folder name>/``.
 
@@ -393,13 +416,15 @@ def refine_folds(
     for d, name in zip(eval_dirs, names):
         before = read_froc_json(os.path.join(d, "froc.json"))
         sub = path_inside(out_dir, name)  # writes stay inside the output folder
-        after = refine_eval_dir(d, sub, params, data_root, ground_truth)
+        after = refine_eval_dir(d, sub, params, data_root, ground_truth, fit, box_merge)
         folds.append({
             "name": name, "eval_dir": os.path.abspath(d), "num_cases": after["num_cases"],
             "num_lesions": after["num_lesions"], "before": _headline(before),
             "after": _headline(after), "refine_extent": after["merge"].get("refine_extent"),
+            "box_merge": after["merge"]["box_merge"], "box_fit": after["merge"].get("box_fit"),
         })  # fmt: skip
-    return {"folds": folds, "params": params.asdict()}
+    return {"folds": folds, "params": params.asdict(),
+            "box_fit": fit.asdict() if fit is not None else None}  # fmt: skip
 
 
 def _headline(res: Mapping[str, Any]) -> Dict[str, Any]:

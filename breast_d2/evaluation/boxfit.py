@@ -1,0 +1,215 @@
+"""Fit each 3D candidate's box to the enhancing blob it sits on (from the image, not the labels).
+
+The detector's slice boxes of a small mass are often one pixel too loose or too tight per side;
+at 2 mm pixels a 5-voxel mass then falls below 3D IoU 0.5 even though it was found with a high
+score (BENCHMARKS.md, "Phantom benchmark"). The mass is, by definition, the region that
+enhances, so the box is re-fitted to the subtraction image (post1 - pre):
+
+- the region of interest is the candidate's box grown by ``margin`` x its width (height) on each
+  side in-plane (at least 2 pixels) and by 2 slices in z, clipped to the volume;
+- background = median of the region's four in-plane border faces, peak = 95th percentile inside
+  the candidate's own box; a candidate whose peak is not ``MIN_CONTRAST`` grey levels above the
+  background keeps its box;
+- the blob = the 6-connected component of ``subtraction >= background + level * (peak -
+  background)`` (``level`` 0.5: the full width at half maximum) with most voxels inside the
+  candidate's box;
+- the candidate takes the blob's bounding box, unless that box overlaps the original one by a
+  3D IoU below ``min_iou`` (then the blob is something else, e.g. a neighbouring vessel).
+
+Scores, case ids, order and ``slices`` are unchanged; boxes stay half-open voxel indices
+``[x0, y0, z0, x1, y1, z1]``. The rule reads the candidate's slices of the converted PNGs
+(``slices/<case>/<z:04d>.png``), each slice of a case once.
+"""
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from .candidates import CandidateArrays, FROCInputError
+from .refine import ConvertedSlices
+
+__all__ = ["BoxFitParams", "ArraySlices", "fit_box", "fit_boxes", "MIN_CONTRAST"]
+
+logger = logging.getLogger(__name__)
+
+#: A candidate whose peak is not this many grey levels (of 255) above its background is kept.
+MIN_CONTRAST = 5.0
+#: Slices added above and below the candidate's z-range for the blob search.
+_Z_MARGIN = 2
+#: Minimum in-plane margin, pixels.
+_MIN_MARGIN = 2
+
+
+@dataclass(frozen=True)
+class BoxFitParams:
+    """Parameters of the box fit; field ``f`` is ``cfg.TEST.FROC.<config_keys()[f]>``.
+
+    Attributes:
+        enabled: fit at all (on by default: it won on the 75-case phantom benchmark,
+            BENCHMARKS.md; the study's pipeline has no fit).
+        level: threshold between background (0) and peak (1); 0.5 = half maximum.
+        margin: in-plane growth of the search region on each side, as a fraction of the box's
+            width and height (at least 2 pixels).
+        min_iou: keep the original box when the blob's box overlaps it by a 3D IoU below this.
+        channel: channel of the converted PNG holding post1 - pre (0 = R; the converter's
+            default ``--channels 1,1-0,0`` puts it in channel 1).
+    """
+
+    enabled: bool = True
+    level: float = 0.5
+    margin: float = 0.5
+    min_iou: float = 0.3
+    channel: int = 1
+
+    def asdict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def config_keys(cls) -> Dict[str, str]:
+        """``{field: cfg.TEST.FROC key}``."""
+        return {
+            "enabled": "BOX_FIT",
+            "level": "BOX_FIT_LEVEL",
+            "margin": "BOX_FIT_MARGIN",
+            "min_iou": "BOX_FIT_MIN_IOU",
+            "channel": "BOX_FIT_CHANNEL",
+        }
+
+    @classmethod
+    def from_config(cls, froc_cfg: Optional[Mapping[str, Any]]) -> "BoxFitParams":
+        """The parameters in ``cfg.TEST.FROC`` (defaults for missing keys or None)."""
+        froc_cfg = froc_cfg or {}
+        kw = {f: froc_cfg[k] for f, k in cls.config_keys().items() if k in froc_cfg}
+        return cls(**kw).checked()
+
+    def checked(self) -> "BoxFitParams":
+        """Return self; raise FROCInputError naming a parameter out of range."""
+        for name in ("level", "min_iou"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+                raise FROCInputError(f"box fit {name} must be a number in (0, 1), got {v!r}")
+        m = self.margin
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < math.inf:
+            raise FROCInputError(f"box fit margin must be a number >= 0, got {m!r}")
+        c = self.channel
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c <= 2:
+            raise FROCInputError(f"box fit channel must be 0, 1 or 2, got {c!r}")
+        return self
+
+
+class ArraySlices:
+    """In-memory stand-in for :class:`~breast_d2.evaluation.refine.ConvertedSlices`.
+
+    Args:
+        volumes: ``{case_id: [Z, H, W] array}``, the subtraction channel of each case.
+    """
+
+    def __init__(self, volumes: Mapping[str, np.ndarray]):
+        self._volumes = dict(volumes)
+
+    def num_slices(self, case_id: str) -> int:
+        if case_id not in self._volumes:
+            raise FROCInputError(f"case {case_id!r} has no volume")
+        return int(self._volumes[case_id].shape[0])
+
+    def read(self, case_id: str, z: int) -> np.ndarray:
+        """``[H, W]`` slice ``z`` of the case."""
+        self.num_slices(case_id)
+        return self._volumes[case_id][int(z)]
+
+
+def _iou3d(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.prod(np.clip(np.minimum(a[3:], b[3:]) - np.maximum(a[:3], b[:3]), 0, None))
+    union = np.prod(a[3:] - a[:3]) + np.prod(b[3:] - b[:3]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def fit_box(
+    volume: np.ndarray, box: np.ndarray, params: BoxFitParams = BoxFitParams()
+) -> np.ndarray:
+    """The box of the enhancing blob under one candidate (see module doc).
+
+    Args:
+        volume: ``[Z, H, W]`` subtraction image of the case (any real dtype).
+        box: ``[6]`` candidate box x0, y0, z0, x1, y1, z1 (half-open voxel indices, float).
+
+    Returns:
+        ``[6]`` float64: the blob's box (integer edges), or ``box`` unchanged when there is no
+        blob (no contrast, nothing above the threshold inside the box, or IoU < ``min_iou``).
+    """
+    box = np.asarray(box, dtype=np.float64)
+    depth, height, width = volume.shape
+    # Integer voxel box of the candidate, clipped and non-empty.
+    x0 = int(np.clip(math.floor(box[0]), 0, width - 1))
+    y0 = int(np.clip(math.floor(box[1]), 0, height - 1))
+    z0 = int(np.clip(math.floor(box[2]), 0, depth - 1))
+    x1 = int(np.clip(math.ceil(box[3]), x0 + 1, width))
+    y1 = int(np.clip(math.ceil(box[4]), y0 + 1, height))
+    z1 = int(np.clip(math.ceil(box[5]), z0 + 1, depth))
+    mx = max(_MIN_MARGIN, math.ceil(params.margin * (x1 - x0)))
+    my = max(_MIN_MARGIN, math.ceil(params.margin * (y1 - y0)))
+    rx0, rx1 = max(0, x0 - mx), min(width, x1 + mx)
+    ry0, ry1 = max(0, y0 - my), min(height, y1 + my)
+    rz0, rz1 = max(0, z0 - _Z_MARGIN), min(depth, z1 + _Z_MARGIN)
+    region = np.asarray(volume[rz0:rz1, ry0:ry1, rx0:rx1], dtype=np.float32)
+    border = np.concatenate([region[:, 0, :].ravel(), region[:, -1, :].ravel(),
+                             region[:, :, 0].ravel(), region[:, :, -1].ravel()])  # fmt: skip
+    background = float(np.median(border))
+    inner = (slice(z0 - rz0, z1 - rz0), slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+    peak = float(np.percentile(region[inner], 95))
+    if peak < background + MIN_CONTRAST:
+        return box
+    labels, _ = ndimage.label(region >= background + params.level * (peak - background))
+    inside = labels[inner]
+    ids, counts = np.unique(inside[inside > 0], return_counts=True)
+    if ids.size == 0:
+        return box
+    zz, yy, xx = np.nonzero(labels == ids[np.argmax(counts)])
+    fitted = np.array([xx.min() + rx0, yy.min() + ry0, zz.min() + rz0,
+                       xx.max() + 1 + rx0, yy.max() + 1 + ry0, zz.max() + 1 + rz0],
+                      dtype=np.float64)  # fmt: skip
+    return fitted if _iou3d(fitted, box) >= params.min_iou else box
+
+
+def fit_boxes(
+    candidates: CandidateArrays, reader: ConvertedSlices, params: BoxFitParams = BoxFitParams()
+) -> Tuple[CandidateArrays, Dict[str, int]]:
+    """:func:`fit_box` for every candidate, reading each case's slices once.
+
+    Args:
+        candidates: merged candidates (boxes ``[M, 6]``, half-open voxel indices).
+        reader: the converted folder's slices; ``reader.channel`` must be the subtraction.
+        params: the rule's parameters (``enabled`` is not looked at: calling it fits).
+
+    Returns:
+        ``(fitted, stats)``: a new CandidateArrays (same order, case ids, scores, ``slices``)
+        and ``{"candidates", "fitted"}`` (how many boxes moved).
+    """
+    params.checked()
+    boxes = candidates.boxes.copy()
+    for ci in np.unique(candidates.case_index).tolist():
+        idx = np.flatnonzero(candidates.case_index == ci)
+        case_id = candidates.case_ids[ci]
+        depth = reader.num_slices(case_id)
+        z_lo = max(0, int(np.floor(boxes[idx, 2].min())) - _Z_MARGIN)
+        z_hi = min(depth, int(np.ceil(boxes[idx, 5].max())) + _Z_MARGIN)
+        # Slices outside [z_lo, z_hi) are never looked at: zeros keep the array's shape simple.
+        first = reader.read(case_id, z_lo)
+        volume = np.zeros((depth,) + first.shape, dtype=first.dtype)
+        volume[z_lo] = first
+        for z in range(z_lo + 1, z_hi):
+            volume[z] = reader.read(case_id, z)
+        for i in idx.tolist():
+            boxes[i] = fit_box(volume, boxes[i], params)
+    moved = int(np.any(boxes != candidates.boxes, axis=1).sum())
+    logger.info("Box fit: %d of %d candidate boxes moved to their enhancing blob", moved,
+                len(candidates))  # fmt: skip
+    fitted = CandidateArrays(
+        list(candidates.case_ids), candidates.case_index.copy(), boxes,
+        candidates.scores.copy(), candidates.slices.copy(),
+    )  # fmt: skip
+    return fitted, {"candidates": len(candidates), "fitted": moved}

@@ -1,0 +1,97 @@
+"""Box fit of 3D candidates to the enhancing blob under them (breast_d2/evaluation/boxfit.py)."""
+import numpy as np
+import pytest
+
+from breast_d2.evaluation.boxfit import ArraySlices, BoxFitParams, fit_box, fit_boxes
+from breast_d2.evaluation.candidates import CandidateArrays, FROCInputError
+
+SHAPE = (12, 40, 40)  # Z, H, W
+MASS = [10, 12, 3, 15, 18, 7]  # x0, y0, z0, x1, y1, z1 (half-open): 5 x 6 x 4 voxels
+
+
+def _volume(seed=0, noise=3.0, extra=()):
+    """Background 30 (+- noise) with MASS (and ``extra`` boxes) enhancing by 100."""
+    vol = 30.0 + np.random.default_rng(seed).normal(0, noise, SHAPE)
+    for x0, y0, z0, x1, y1, z1 in (MASS, *extra):
+        vol[z0:z1, y0:y1, x0:x1] += 100
+    return np.clip(vol, 0, 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("candidate", [
+    [9, 11, 3, 16, 19, 6],  # one pixel loose per side, one slice short
+    [11, 13, 3, 14, 17, 7],  # one pixel tight per side
+    [10.4, 11.6, 3, 15.2, 18.3, 7],  # sub-pixel edges
+])
+def test_loose_or_tight_boxes_snap_to_the_mass(candidate):
+    assert fit_box(_volume(), np.array(candidate, float)).tolist() == [float(v) for v in MASS]
+
+
+def test_half_maximum_of_a_blurred_edge():
+    # A linear ramp edge: voxels at >= half of the peak's contrast are in the blob.
+    vol = np.full(SHAPE, 30, np.uint8)
+    vol[3:7, 12:18, 10:15] = 130
+    vol[3:7, 12:18, 15] = 79  # 49 % of the contrast: out
+    vol[3:7, 12:18, 9] = 81  # 51 %: in
+    assert fit_box(vol, np.array(MASS, float)).tolist() == [9, 12, 3, 15, 18, 7]
+    assert fit_box(vol, np.array(MASS, float), BoxFitParams(level=0.45)).tolist() == \
+        [9, 12, 3, 16, 18, 7]
+
+
+def test_no_contrast_or_another_structure_keeps_the_box():
+    flat = np.full(SHAPE, 30, np.uint8)
+    box = np.array([8, 10, 4, 17, 20, 6], float)
+    assert fit_box(flat, box).tolist() == box.tolist()
+    # A long bright vessel through a small candidate: its blob overlaps the box by IoU < 0.3.
+    vessel = _volume(extra=[(0, 30, 0, 40, 33, 12)])
+    small = np.array([20, 29, 5, 23, 34, 6], float)
+    assert fit_box(vessel, small).tolist() == small.tolist()
+    # ... unless min_iou allows it; the blob is only searched inside the grown region.
+    assert fit_box(vessel, small, BoxFitParams(min_iou=0.01)).tolist() == [18, 30, 3, 25, 33, 8]
+
+
+def test_the_blob_with_most_voxels_in_the_box_wins():
+    # A second, separate mass inside the grown region but mostly outside the candidate.
+    vol = _volume(extra=[(17, 12, 3, 20, 18, 7)])
+    assert fit_box(vol, np.array([9, 11, 3, 16, 19, 7], float)).tolist() == MASS
+
+
+class _Reader(ArraySlices):
+    """ArraySlices that counts slice reads."""
+
+    def __init__(self, volumes):
+        super().__init__(volumes)
+        self.reads = 0
+
+    def read(self, case_id, z):
+        self.reads += 1
+        return super().read(case_id, z)
+
+
+def test_fit_boxes_keeps_everything_but_the_boxes():
+    reader = _Reader({"A": _volume(0), "B": np.full(SHAPE, 30, np.uint8)})
+    cands = CandidateArrays(
+        ["A", "B"], np.array([0, 1, 0]),
+        np.array([[9, 11, 3, 16, 19, 6], [9, 11, 3, 16, 19, 6], [30, 30, 9, 34, 34, 10]], float),
+        np.array([0.9, 0.8, 0.1]), np.array([2, 2, 1]))
+    fitted, stats = fit_boxes(cands, reader)
+    assert fitted.boxes[0].tolist() == MASS
+    assert fitted.boxes[1].tolist() == cands.boxes[1].tolist()  # no contrast
+    assert fitted.scores.tolist() == cands.scores.tolist()
+    assert fitted.case_index.tolist() == [0, 1, 0] and fitted.slices.tolist() == [2, 2, 1]
+    assert stats == {"candidates": 3, "fitted": 1}
+    assert cands.boxes[0].tolist() == [9, 11, 3, 16, 19, 6]  # input untouched
+    # Case A reads slices 1..11 (z 3 - 2 to z 10 + 2, clipped), case B 1..7: each once.
+    assert reader.reads == 11 + 7
+    with pytest.raises(FROCInputError, match="'C' has no volume"):
+        fit_boxes(CandidateArrays(["C"], np.array([0]), cands.boxes[:1], np.array([0.5]),
+                                  np.array([1])), reader)
+
+
+def test_params_checked_and_from_config():
+    assert BoxFitParams.from_config(None) == BoxFitParams()
+    assert BoxFitParams.from_config({"BOX_FIT": True, "BOX_FIT_LEVEL": 0.4}) == \
+        BoxFitParams(enabled=True, level=0.4)
+    for bad in (dict(level=0.0), dict(level=1.0), dict(min_iou=True), dict(margin=-1),
+                dict(channel=3), dict(channel=1.0)):
+        with pytest.raises(FROCInputError, match="box fit"):
+            BoxFitParams(**bad).checked()
