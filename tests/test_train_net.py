@@ -198,8 +198,7 @@ def test_demo_trains_the_two_detectors_side_by_side_unless_sequential():
     assert isinstance(group, Parallel) and group.threads == 1
     names = [[s.name for s in lane] for lane in group.lanes]
     assert names == [["train detector (masked) fold0", "evaluate detector (masked) fold0",
-                      "evaluate detector (masked + flip TTA) fold0",
-                      "refine extent (masked) fold0", "refine extent (masked + flip TTA) fold0"],
+                      "evaluate detector (masked + flip TTA) fold0", "study merge (masked) fold0"],
                      ["train detector (no mask) fold0", "evaluate detector (no mask) fold0"]]
     unmasked_train = group.lanes[1][0].command
     assert unmasked_train[unmasked_train.index("INPUT.BREAST_MASK.ENABLED") + 1] == "False"
@@ -208,16 +207,15 @@ def test_demo_trains_the_two_detectors_side_by_side_unless_sequential():
     weights = tta[tta.index("MODEL.WEIGHTS") + 1]
     assert weights == os.path.join(os.path.abspath("O"), "det_masked", "fold0", "model_final.pth")
     assert tta[tta.index("OUTPUT_DIR") + 1].endswith("det_masked_tta")
-    refine = group.lanes[0][3].command
-    eval_dir = refine[refine.index("--detections") + 1]
+    study = group.lanes[0][3].command
+    eval_dir = study[study.index("--detections") + 1]
     assert eval_dir.endswith(os.path.join("det_masked", "fold0", "inference", "breast_fold0_val"))
-    assert "--refine-extent" in refine and refine[refine.index("--out") + 1].endswith(
-        "det_masked_refined")
-    for flags in (["--sequential", "--no-tta", "--no-refine"],
-                  ["--no-ablation", "--no-tta", "--no-refine"]):
+    assert study[study.index("--box-merge") + 1] == "union" and "--box-fit" not in study
+    assert study[study.index("--out") + 1].endswith("det_masked_study")
+    for flags in (["--sequential", "--no-tta"], ["--no-ablation", "--no-tta"]):
         steps = demo.build_steps(demo.parse_args(["--out", "O", *flags]))
         assert not any(isinstance(s, Parallel) for s in steps)
-        assert steps[-1].name.startswith("evaluate detector")
+        assert steps[-1].name.startswith(("evaluate detector", "study merge"))
 
 
 def test_cross_validation_steps_are_fold_correct():

@@ -11,11 +11,10 @@ The main job on the synthetic cohort (``make demo``), resumable:
      side by side with one thread each (OUT/logs/)   tools/train_net.py [--eval-only]
   7. evaluate the masked detector again with test-time horizontal flip and weighted box
      fusion (TEST.BREAST_TTA.FLIP; --no-tta skips it)
-  8. re-merge the masked (and flip TTA) detections with the 3D extent refinement of short
-     candidates (TEST.FROC.REFINE_EXTENT, post hoc: tools/froc.py --refine-extent; --no-refine
-     skips it)
-  9. OUT/REPORT.md: tables, FROC plot, paired CPM comparisons against the study baseline
-     (the masked detector), overlays
+  8. the study baseline: re-merge the masked detections as the study does (the union of the
+     slice boxes, no box fit; post hoc: tools/froc.py --detections --box-merge union)
+  9. OUT/REPORT.md: tables, FROC plot, paired CPM comparisons (the pipeline against the study
+     baseline, the masking ablation, flip TTA), overlays
 
 Rerunning skips finished steps (markers in OUT/.steps); delete OUT to start over.
 """
@@ -54,8 +53,6 @@ def parse_args(argv=None):
     p.add_argument("--no-ablation", action="store_true", help="skip the unmasked detector")
     p.add_argument("--no-tta", action="store_true",
                    help="skip the flip test-time augmentation evaluation of the masked detector")
-    p.add_argument("--no-refine", action="store_true",
-                   help="skip the 3D extent refinement of the masked (and TTA) candidates")
     p.add_argument("--sequential", action="store_true",
                    help="train the masked and unmasked detectors one after the other (default: "
                         "side by side with one thread each, output in OUT/logs/)")
@@ -108,9 +105,7 @@ def build_steps(args):
     if not args.no_tta:
         # The same weights, evaluated with the flip TTA into their own folder.
         lanes[0].append(tta_eval_step(data, fold, masked_dir, os.path.join(out, "det_masked_tta")))
-    if not args.no_refine:
-        for name, run_dir in refined_runs(args, out).items():
-            lanes[0].append(refine_step(name, fold, run_dir))
+    lanes[0].append(study_merge_step(fold, masked_dir, os.path.join(out, "det_masked_study")))
     if not args.no_ablation:
         lanes.append(detection_steps(
             DEMO_CONFIG, data, fold, os.path.join(out, "det_unmasked"),
@@ -134,25 +129,17 @@ def tta_eval_step(data, fold, trained_dir, out_dir):
         launch=True)
 
 
-def refined_runs(args, out):
-    """``{name: detector folder}`` of the runs whose candidates the demo refines."""
-    runs = {"masked": os.path.join(out, "det_masked")}
-    if not args.no_tta:
-        runs["masked + flip TTA"] = os.path.join(out, "det_masked_tta")
-    return runs
+def study_merge_step(fold, run_dir, out_dir):
+    """Re-merge ``run_dir``'s fold detections as the study does (union of the slice boxes, no
+    box fit) into ``out_dir/<evaluation folder name>/``: the baseline of the report."""
+    return Step(f"study merge (masked) fold{fold}", tool_command(
+        "froc", "--detections", fold_froc_dir(run_dir, fold), "--box-merge", "union",
+        "--out", out_dir))
 
 
-def refine_step(name, fold, run_dir):
-    """Post-hoc extent refinement of ``run_dir``'s fold evaluation into ``run_dir + "_refined"``
-    (``<run_dir>_refined/breast_fold{fold}_val/``)."""
-    return Step(f"refine extent ({name}) fold{fold}", tool_command(
-        "froc", "--detections", fold_froc_dir(run_dir, fold), "--refine-extent",
-        "--out", run_dir + "_refined"))
-
-
-def refined_froc_dir(run_dir, fold):
-    """Where :func:`refine_step` writes the refined FROC of fold ``fold``."""
-    return os.path.join(run_dir + "_refined", os.path.basename(fold_froc_dir(run_dir, fold)))
+def study_froc_dir(out_dir, run_dir, fold):
+    """Where :func:`study_merge_step` writes the FROC of fold ``fold``."""
+    return os.path.join(out_dir, os.path.basename(fold_froc_dir(run_dir, fold)))
 
 
 def step_times(out):
@@ -178,18 +165,18 @@ def run(args):
     os.makedirs(out, exist_ok=True)
     run_steps(build_steps(args), out)
     data = os.path.join(out, "coco")
-    runs = {"masked (U-Net++ masks)": fold_froc_dir(os.path.join(out, "det_masked"), args.fold)}
-    pairs = []
+    masked_dir = os.path.join(out, "det_masked")
+    masked, study = "masked (U-Net++ masks)", "study baseline: masked, union merge, no box fit"
+    # The first run's candidates are drawn on the overlays.
+    runs = {masked: fold_froc_dir(masked_dir, args.fold),
+            study: study_froc_dir(os.path.join(out, "det_masked_study"), masked_dir, args.fold)}
+    pairs = [(masked, study)]
     if not args.no_ablation:
         runs["no breast mask"] = fold_froc_dir(os.path.join(out, "det_unmasked"), args.fold)
-        pairs.append(("masked (U-Net++ masks)", "no breast mask"))
+        pairs.append((masked, "no breast mask"))
     if not args.no_tta:
         runs["masked + flip TTA"] = fold_froc_dir(os.path.join(out, "det_masked_tta"), args.fold)
-        pairs.append(("masked + flip TTA", "masked (U-Net++ masks)"))
-    if not args.no_refine:
-        for name, run_dir in refined_runs(args, out).items():
-            runs[f"{name} + extent refinement"] = refined_froc_dir(run_dir, args.fold)
-            pairs.append((f"{name} + extent refinement", "masked (U-Net++ masks)"))
+        pairs.append(("masked + flip TTA", masked))
     with open(os.path.join(out, "seg", "eval", "seg_table.md")) as f:
         seg_table = f.read()
     notes = [
@@ -198,9 +185,11 @@ def run(args):
         "Detector: configs/frcnn_cpu_demo.yaml (ResNet-18 FPN from scratch, "
         f"{args.det_iters} iterations) — a CPU-sized stand-in for the study's R101; "
         f"segmentation: {args.seg_epochs} epochs (study: 50). Every command is in commands.log.",
-        "The masked detector is the study's pipeline (the baseline); the other rows add one "
-        "option each (no mask: the masking ablation; flip TTA: TEST.BREAST_TTA.FLIP; extent "
-        "refinement: TEST.FROC.REFINE_EXTENT, post hoc). The false-positive reducer "
+        "The study baseline merges the masked detector's slice boxes as the study does (their "
+        "union); the masked row is breast_d2's default pipeline, which fuses each slice's boxes "
+        "(TEST.FROC.BOX_MERGE fused) and fits each candidate's box to its enhancing blob "
+        "(TEST.FROC.BOX_FIT). No mask: the masking ablation; flip TTA: TEST.BREAST_TTA.FLIP. "
+        "The false-positive reducer "
         "(tools/reduce_fp.py) needs out-of-fold candidates of other folds, which one fold "
         "cannot give: it is measured by benchmarks/phantom_cv.sh, not here.",
     ]
