@@ -26,15 +26,16 @@ def test_loose_or_tight_boxes_snap_to_the_mass(candidate):
     assert fit_box(_volume(), np.array(candidate, float)).tolist() == [float(v) for v in MASS]
 
 
-def test_half_maximum_of_a_blurred_edge():
-    # A linear ramp edge: voxels at >= half of the peak's contrast are in the blob.
+def test_level_decides_the_partial_volume_edge():
+    # Edge voxels at a fraction of the peak's contrast are in the blob when >= level.
     vol = np.full(SHAPE, 30, np.uint8)
     vol[3:7, 12:18, 10:15] = 130
-    vol[3:7, 12:18, 15] = 79  # 49 % of the contrast: out
-    vol[3:7, 12:18, 9] = 81  # 51 %: in
-    assert fit_box(vol, np.array(MASS, float)).tolist() == [9, 12, 3, 15, 18, 7]
-    assert fit_box(vol, np.array(MASS, float), BoxFitParams(level=0.45)).tolist() == \
+    vol[3:7, 12:18, 15] = 69  # 39 % of the contrast
+    vol[3:7, 12:18, 9] = 71  # 41 %
+    assert fit_box(vol, np.array(MASS, float)).tolist() == [9, 12, 3, 15, 18, 7]  # level 0.4
+    assert fit_box(vol, np.array(MASS, float), BoxFitParams(level=0.35)).tolist() == \
         [9, 12, 3, 16, 18, 7]
+    assert fit_box(vol, np.array(MASS, float), BoxFitParams(level=0.5)).tolist() == MASS
 
 
 def test_no_contrast_or_another_structure_keeps_the_box():
@@ -89,8 +90,8 @@ def test_fit_boxes_keeps_everything_but_the_boxes():
 
 def test_params_checked_and_from_config():
     assert BoxFitParams.from_config(None) == BoxFitParams()
-    assert BoxFitParams.from_config({"BOX_FIT": True, "BOX_FIT_LEVEL": 0.4}) == \
-        BoxFitParams(enabled=True, level=0.4)
+    assert BoxFitParams.from_config({"BOX_FIT": False, "BOX_FIT_LEVEL": 0.5}) == \
+        BoxFitParams(enabled=False, level=0.5)
     for bad in (dict(level=0.0), dict(level=1.0), dict(min_iou=True), dict(margin=-1),
                 dict(channel=3), dict(channel=1.0)):
         with pytest.raises(FROCInputError, match="box fit"):

@@ -272,7 +272,7 @@ def test_box_fit_in_the_evaluator_and_post_hoc(toy, tmp_path):
                                    "--out", out, "--bootstrap", "0"]) == 0  # fmt: skip
     res = _read(os.path.join(out, "breast_fold0_val", "froc.json"))
     assert res["merge"]["box_merge"] == "fused"
-    assert res["merge"]["box_fit"]["fitted"] == 3 and res["merge"]["box_fit"]["level"] == 0.5
+    assert res["merge"]["box_fit"]["fitted"] == 3 and res["merge"]["box_fit"]["level"] == 0.4
     fitted = CandidateArrays.from_dicts(
         _read(os.path.join(out, "breast_fold0_val", "candidates.json")))
     # B and the long structure C snap to their enhancing boxes, from the image alone.

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Choose the box fit's level without a detector, on a cohort the benchmarks never evaluate.
+
+Every mass's label box of a converted folder is perturbed the way a detector errs (a pixel loose,
+tight or shifted per side, a slice short, two pixels loose), fitted to the image with
+:func:`breast_d2.evaluation.boxfit.fit_box` at each ``--levels`` value, and scored as a hit when
+its 3D IoU with the label box is > 0.5 (the study's criterion). Prints one markdown row per level
+(and the unfitted boxes) with the hit fraction per perturbation and their mean::
+
+    python tools/make_phantom.py --out /tmp/cal/phantom --cases 30 --seed 101
+    python tools/convert_to_coco.py --images /tmp/cal/phantom/IMAGES \\
+        --labels /tmp/cal/phantom/LABELS --masks /tmp/cal/phantom/MASKS --out /tmp/cal/coco \\
+        --folds 5 --seed 101
+    python benchmarks/calibrate_box_fit.py --data /tmp/cal/coco
+
+The benchmark cohort is seed 0 and the demo's seeds 0-2: seed 101 is independent of both.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from breast_d2.data.converted import read_cases  # noqa: E402
+from breast_d2.evaluation.boxfit import BoxFitParams, fit_box  # noqa: E402
+from breast_d2.evaluation.refine import ConvertedSlices  # noqa: E402
+from breast_d2.evaluation.tables import markdown_table  # noqa: E402
+
+#: Perturbations of a label box [x0, y0, z0, x1, y1, z1] (voxels), added to it.
+PERTURBATIONS = {
+    "exact": [0, 0, 0, 0, 0, 0],
+    "1 px loose": [-1, -1, 0, 1, 1, 0],
+    "1 px tight": [1, 1, 0, -1, -1, 0],
+    "x + 1 px": [1, 0, 0, 1, 0, 0],
+    "y - 1 px": [0, -1, 0, 0, -1, 0],
+    "1 slice short": [0, 0, 1, 0, 0, 0],
+    "2 px loose": [-2, -2, 0, 2, 2, 0],
+}
+
+
+def iou3d(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.prod(np.clip(np.minimum(a[3:], b[3:]) - np.maximum(a[:3], b[:3]), 0, None))
+    return float(inter / (np.prod(a[3:] - a[:3]) + np.prod(b[3:] - b[:3]) - inter))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="converted folder (cases.json, slices/)")
+    p.add_argument("--levels", default="0.3,0.4,0.5,0.6")
+    args = p.parse_args(argv)
+    levels = [float(v) for v in args.levels.split(",")]
+    reader = ConvertedSlices(args.data, BoxFitParams().channel)
+    masses = []  # (subtraction volume [Z, H, W], label box [6])
+    for case_id, case in sorted(read_cases(args.data).items()):
+        if not case.get("boxes"):
+            continue
+        volume = np.stack([reader.read(case_id, z) for z in range(reader.num_slices(case_id))])
+        masses += [(volume, np.asarray(b, dtype=np.float64)) for b in case["boxes"]]
+
+    def hit_rate(fit) -> list:
+        rates = []
+        for delta in PERTURBATIONS.values():
+            hits = 0
+            for volume, label in masses:
+                box = label + delta
+                if np.any(box[3:] <= box[:3]):
+                    box = label.copy()
+                hits += iou3d(fit(volume, box), label) > 0.5
+            rates.append(hits / len(masses))
+        return rates
+
+    rows = [["unfitted"] + hit_rate(lambda v, b: b)]
+    for level in levels:
+        rows.append([f"level {level}"] + hit_rate(
+            lambda v, b, lv=level: fit_box(v, b, BoxFitParams(level=lv))))
+    table = [[r[0]] + [f"{x:.3f}" for x in r[1:]] + [f"{np.mean(r[1:]):.3f}"] for r in rows]
+    print(f"{len(masses)} masses of {args.data}; hit = 3D IoU > 0.5 with the label box\n")
+    print(markdown_table(["box"] + list(PERTURBATIONS) + ["mean"], table,
+                         align=["left"] + ["right"] * (len(PERTURBATIONS) + 1)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
