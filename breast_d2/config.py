@@ -81,9 +81,9 @@ def _add_froc_config(cfg: CN) -> None:
     # Box fit (breast_d2/evaluation/boxfit.py): after merging, each candidate's box becomes the
     # box of the enhancing blob under it in the subtraction channel BOX_FIT_CHANNEL of the
     # converted PNG: the connected region above background + BOX_FIT_LEVEL x (peak - background)
-    # (0.4, chosen on an independent cohort without a detector: benchmarks/calibrate_box_fit.py)
     # inside the box grown by BOX_FIT_MARGIN x its size; kept when that box
-    # overlaps the merged one by a 3D IoU below BOX_FIT_MIN_IOU.
+    # overlaps the merged one by a 3D IoU below BOX_FIT_MIN_IOU. Level 0.4 and min IoU 0.05 were
+    # chosen without a detector on an independent cohort (benchmarks/calibrate_box_fit.py).
     f = BoxFitParams()
     cfg.TEST.FROC.BOX_FIT = f.enabled
     cfg.TEST.FROC.BOX_FIT_LEVEL = f.level
