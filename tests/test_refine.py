@@ -286,6 +286,21 @@ def test_box_fit_in_the_evaluator_and_post_hoc(toy, tmp_path):
             open(os.path.join(out, "breast_fold0_val", "candidates.json"), "rb") as b:
         assert a.read() == b.read()
     assert _read(os.path.join(live, "froc.json"))["merge"]["box_fit"]["fitted"] == 3
+    # Post hoc without options: merged and fitted as recorded, the saved candidates bit for bit.
+    again = str(tmp_path / "again")
+    assert load_tool("froc").main(["--detections", live, "--out", again,
+                                   "--bootstrap", "0"]) == 0  # fmt: skip
+    with open(os.path.join(live, "candidates.json"), "rb") as a, \
+            open(os.path.join(again, "live", "candidates.json"), "rb") as b:
+        assert a.read() == b.read()
+    # The study's merge: union, no fit; B keeps its detected (loose) box.
+    study = str(tmp_path / "study")
+    assert load_tool("froc").main(["--detections", live, "--box-merge", "union", "--no-box-fit",
+                                   "--out", study, "--bootstrap", "0"]) == 0  # fmt: skip
+    res = _read(os.path.join(study, "live", "froc.json"))
+    assert res["merge"]["box_merge"] == "union" and "box_fit" not in res["merge"]
+    unfitted = CandidateArrays.from_dicts(_read(os.path.join(study, "live", "candidates.json")))
+    assert _box_of(unfitted, 38) == [38, 18, 4, 46, 26, 6]
 
 
 def test_post_hoc_tool_bad_input_is_one_line(toy, tmp_path, capsys):

@@ -210,7 +210,7 @@ def test_demo_trains_the_two_detectors_side_by_side_unless_sequential():
     study = group.lanes[0][3].command
     eval_dir = study[study.index("--detections") + 1]
     assert eval_dir.endswith(os.path.join("det_masked", "fold0", "inference", "breast_fold0_val"))
-    assert study[study.index("--box-merge") + 1] == "union" and "--box-fit" not in study
+    assert study[study.index("--box-merge") + 1] == "union" and "--no-box-fit" in study
     assert study[study.index("--out") + 1].endswith("det_masked_study")
     for flags in (["--sequential", "--no-tta"], ["--no-ablation", "--no-tta"]):
         steps = demo.build_steps(demo.parse_args(["--out", "O", *flags]))

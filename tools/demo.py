@@ -12,7 +12,8 @@ The main job on the synthetic cohort (``make demo``), resumable:
   7. evaluate the masked detector again with test-time horizontal flip and weighted box
      fusion (TEST.BREAST_TTA.FLIP; --no-tta skips it)
   8. the study baseline: re-merge the masked detections as the study does (the union of the
-     slice boxes, no box fit; post hoc: tools/froc.py --detections --box-merge union)
+     slice boxes, no box fit; post hoc: tools/froc.py --detections --box-merge union
+     --no-box-fit)
   9. OUT/REPORT.md: tables, FROC plot, paired CPM comparisons (the pipeline against the study
      baseline, the masking ablation, flip TTA), overlays
 
@@ -134,7 +135,7 @@ def study_merge_step(fold, run_dir, out_dir):
     box fit) into ``out_dir/<evaluation folder name>/``: the baseline of the report."""
     return Step(f"study merge (masked) fold{fold}", tool_command(
         "froc", "--detections", fold_froc_dir(run_dir, fold), "--box-merge", "union",
-        "--out", out_dir))
+        "--no-box-fit", "--out", out_dir))
 
 
 def study_froc_dir(out_dir, run_dir, fold):

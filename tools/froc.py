@@ -32,9 +32,11 @@ froc_folds.*; prints the saved vs refined CPM per fold)::
         --refine-extent [DATA_ROOT] --out OUT/masked/refine_extent
 
 DATA_ROOT: the converted folder (default: the folder of each froc.json's recorded cases.json).
-``--box-merge fused`` re-merges with per-slice box fusion and ``--box-fit`` fits each candidate's
-box to the enhancing blob under it (:mod:`breast_d2.evaluation.boxfit`), before any refinement.
-``--detections`` without these options only re-merges (reproduces the saved FROC).
+``--box-merge union|fused`` re-merges with the study's union of the slice boxes or with per-slice
+box fusion, and ``--box-fit`` / ``--no-box-fit`` fits (or not) each candidate's box to the
+enhancing blob under it (:mod:`breast_d2.evaluation.boxfit`), before any refinement; the study's
+own merge is ``--box-merge union --no-box-fit``. ``--detections`` without these options
+re-merges and fits as each froc.json records (reproduces the saved FROC).
 
 The work is done by :mod:`breast_d2.evaluation.froc`. Bad input stops with one line
 ``error: ...`` on stderr and exit code 2.
@@ -102,9 +104,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--box-merge", choices=BOX_MERGE_MODES,
                         help="with --detections: re-merge with this candidate box rule (default: "
                              "as each froc.json records)")
-    parser.add_argument("--box-fit", action="store_true",
-                        help="with --detections: fit each candidate's box to its enhancing blob "
-                             "(breast_d2/evaluation/boxfit.py); slices from --refine-extent's "
+    parser.add_argument("--box-fit", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --detections: fit (or not) each candidate's box to its "
+                             "enhancing blob (breast_d2/evaluation/boxfit.py; default: as each "
+                             "froc.json records, with its parameters); slices from "
+                             "--refine-extent's "
                              "DATA_ROOT or the ground truth's folder")
     parser.add_argument("--box-fit-level", type=float, default=f.level)
     parser.add_argument("--box-fit-margin", type=float, default=f.margin)
@@ -199,13 +203,15 @@ def run_refine(args) -> str:
         ring=args.refine_ring,
         channel=args.refine_channel,
     ).checked()
-    fit = BoxFitParams(
-        enabled=args.box_fit,
-        level=args.box_fit_level,
-        margin=args.box_fit_margin,
-        min_iou=args.box_fit_min_iou,
-        channel=args.box_fit_channel,
-    ).checked()
+    fit = None  # as each froc.json records
+    if args.box_fit is not None:
+        fit = BoxFitParams(
+            enabled=args.box_fit,
+            level=args.box_fit_level,
+            margin=args.box_fit_margin,
+            min_iou=args.box_fit_min_iou,
+            channel=args.box_fit_channel,
+        ).checked()
     summary = refine_folds(args.detections, args.out, params, data_root=args.refine_extent or None,
                            ground_truth=args.ground_truth, fit=fit,
                            box_merge=args.box_merge)  # fmt: skip
@@ -226,7 +232,7 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_tool_logging(logging.WARNING)
     try:
-        if not args.detections and (args.refine_extent is not None or args.box_fit
+        if not args.detections and (args.refine_extent is not None or args.box_fit is not None
                                     or args.box_merge):
             raise FROCInputError("--refine-extent, --box-fit and --box-merge need --detections "
                                  "(evaluation folders)")

@@ -319,7 +319,8 @@ def refine_eval_dir(
     Args:
         data_root: the converted folder of the slices (default: the folder of the ground truth).
         ground_truth: ``cases.json`` (default: the one recorded in ``froc.json``).
-        fit: box fit parameters (None: no fit).
+        fit: box fit parameters (None: as ``merge.box_fit`` in froc.json records, no fit if it
+            records none).
         box_merge: ``"union"`` or ``"fused"`` (None: as recorded; ``"union"`` if not recorded).
 
     Returns:
@@ -347,6 +348,14 @@ def refine_eval_dir(
     except FROCInputError as e:
         raise FROCInputError(f"{det_path}: {e}") from None
     cases = subset_cases(load_cases_json(gt_path), res["case_ids"])
+    if fit is None and isinstance(merge.get("box_fit"), dict):
+        from .boxfit import BoxFitParams  # boxfit imports this module
+
+        recorded = merge["box_fit"]
+        try:
+            fit = BoxFitParams(**{f: recorded[f] for f in BoxFitParams().asdict()}).checked()
+        except (KeyError, TypeError) as e:
+            raise FROCInputError(f"{eval_dir}/froc.json: bad merge.box_fit ({e})") from None
     merge = dict({k: merge[k] for k in _MERGE_KEYS}, box_merge=box_merge or merge.get(
         "box_merge", "union"))
     try:
