@@ -21,16 +21,16 @@ Scores, case ids, order and ``slices`` are unchanged; boxes stay half-open voxel
 ``[x0, y0, z0, x1, y1, z1]``. The rule reads the candidate's slices of the converted PNGs
 (``slices/<case>/<z:04d>.png``), each slice of a case once.
 """
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Tuple
 
 import numpy as np
 from scipy import ndimage
 
 from .candidates import CandidateArrays, FROCInputError
+from .params import StepParams
 from .refine import ConvertedSlices
 
 __all__ = ["BoxFitParams", "ArraySlices", "fit_box", "fit_boxes", "MIN_CONTRAST"]
@@ -46,7 +46,7 @@ _MIN_MARGIN = 2
 
 
 @dataclass(frozen=True)
-class BoxFitParams:
+class BoxFitParams(StepParams):
     """Parameters of the box fit; field ``f`` is ``cfg.TEST.FROC.<config_keys()[f]>``.
 
     Attributes:
@@ -73,9 +73,6 @@ class BoxFitParams:
     min_iou: float = 0.05
     channel: int = 1
 
-    def asdict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def config_keys(cls) -> Dict[str, str]:
         """``{field: cfg.TEST.FROC key}``."""
@@ -86,13 +83,6 @@ class BoxFitParams:
             "min_iou": "BOX_FIT_MIN_IOU",
             "channel": "BOX_FIT_CHANNEL",
         }
-
-    @classmethod
-    def from_config(cls, froc_cfg: Optional[Mapping[str, Any]]) -> "BoxFitParams":
-        """The parameters in ``cfg.TEST.FROC`` (defaults for missing keys or None)."""
-        froc_cfg = froc_cfg or {}
-        kw = {f: froc_cfg[k] for f, k in cls.config_keys().items() if k in froc_cfg}
-        return cls(**kw).checked()
 
     def checked(self) -> "BoxFitParams":
         """Return self; raise FROCInputError naming a parameter out of range."""

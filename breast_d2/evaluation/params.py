@@ -7,9 +7,9 @@
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional, TypeVar
 
-__all__ = ["FROCParams", "BOX_MERGE_MODES", "MERGE_KEYS"]
+__all__ = ["FROCParams", "StepParams", "BOX_MERGE_MODES", "MERGE_KEYS"]
 
 #: ``FROCParams.box_merge`` values: the study's union of the member boxes, or per-slice fusion.
 BOX_MERGE_MODES = ("union", "fused")
@@ -61,3 +61,31 @@ class FROCParams:
     def config_keys(cls) -> Dict[str, str]:
         """``{field: cfg.TEST.FROC key}``, e.g. ``"slice_gap": "SLICE_GAP"``."""
         return {f.name: f.name.upper() for f in dataclasses.fields(cls)}
+
+
+_P = TypeVar("_P", bound="StepParams")
+
+
+class StepParams:
+    """Base of the frozen parameter dataclasses of optional post-merge steps (the extent
+    refinement, the box fit): each field ``f`` is ``cfg.TEST.FROC.<config_keys()[f]>``.
+    Subclasses define :meth:`config_keys` and :meth:`checked`."""
+
+    def asdict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def config_keys(cls) -> Dict[str, str]:
+        """``{field: cfg.TEST.FROC key}``."""
+        raise NotImplementedError
+
+    def checked(self: _P) -> _P:
+        """Return self; raise FROCInputError naming a parameter out of range."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, froc_cfg: Optional[Mapping[str, Any]]):
+        """The parameters in ``cfg.TEST.FROC`` (defaults for missing keys or None), checked."""
+        froc_cfg = froc_cfg or {}
+        kw = {f: froc_cfg[k] for f, k in cls.config_keys().items() if k in froc_cfg}
+        return cls(**kw).checked()

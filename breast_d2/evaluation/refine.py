@@ -26,7 +26,6 @@ and each slice's box sums come from one summed-area table, vectorised over the c
 ``froc.json``): same merge and FROC parameters as recorded there; ``tools/froc.py
 --refine-extent`` runs it over cross-validation folds.
 """
-import dataclasses
 import logging
 import math
 import os
@@ -42,7 +41,7 @@ from ..fileio import path_inside
 from .candidates import CandidateArrays, FROCInputError, detections_to_arrays, merge_slice_arrays
 from .froc import compute_froc
 from .io import load_cases_json, read_froc_json, save_froc, subset_cases
-from .params import FROCParams
+from .params import FROCParams, StepParams
 
 if TYPE_CHECKING:
     from .boxfit import BoxFitParams
@@ -66,7 +65,7 @@ _MERGE_KEYS = ("slice_gap", "link_iou", "score", "score_thresh")
 
 
 @dataclass(frozen=True)
-class RefineParams:
+class RefineParams(StepParams):
     """Parameters of the extent refinement; field ``f`` is ``cfg.TEST.FROC.<_CFG_KEYS[f]>``.
 
     Attributes:
@@ -87,9 +86,6 @@ class RefineParams:
     ring: int = 2
     channel: int = 1
 
-    def asdict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def config_keys(cls) -> Dict[str, str]:
         """``{field: cfg.TEST.FROC key}``."""
@@ -101,13 +97,6 @@ class RefineParams:
             "ring": "REFINE_RING",
             "channel": "REFINE_CHANNEL",
         }
-
-    @classmethod
-    def from_config(cls, froc_cfg: Optional[Mapping[str, Any]]) -> "RefineParams":
-        """The parameters in ``cfg.TEST.FROC`` (defaults for missing keys or None)."""
-        froc_cfg = froc_cfg or {}
-        kw = {f: froc_cfg[k] for f, k in cls.config_keys().items() if k in froc_cfg}
-        return cls(**kw).checked()
 
     def checked(self) -> "RefineParams":
         """Return self; raise FROCInputError naming a parameter out of range."""
