@@ -11,8 +11,10 @@
 # MASKS=gt (default) masks with the ground-truth breast masks, to spend the CPU on detection;
 # MASKS=model trains U-Net++ per fold as in the study (tools/cross_validate.py --masks model).
 # Writes OUT (default output/phantom_cv): phantom/ (+ PHANTOM_STATS.md), coco/, masked/ and
-# unmasked/ (tools/cross_validate.py job folders, report/ in each), compare/ (pooled candidates
-# of both runs and compare.json of tools/froc.py --compare).
+# unmasked/ (tools/cross_validate.py job folders with breast_d2's default merge: fused slice
+# boxes + box fit; report/ and the out-of-fold fp_reducer/ in each), masked_study/ and
+# unmasked_study/ (the same detections merged as the study does), compare/ (pooled candidates of
+# both runs and compare.json of tools/froc.py --compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -38,6 +40,11 @@ for run in masked unmasked; do
   [[ $run == unmasked ]] && masks=none
   "$PY" tools/cross_validate.py --config-file "$CONFIG" --data "$OUT/coco" --out "$OUT/$run" \
     --masks "$masks" --lanes "$LANES" ${OPTS[@]+"${OPTS[@]}"}
+done
+# The study's merge (union of the slice boxes, no box fit) of the same detections, post hoc.
+for run in masked unmasked; do
+  "$PY" tools/froc.py --detections "$OUT/$run"/detector/fold*/inference/breast_fold*_val \
+    --box-merge union --no-box-fit --out "$OUT/${run}_study" > /dev/null
 done
 # Pool each run's candidates over the folds (every case is validated exactly once).
 mkdir -p "$OUT/compare"
