@@ -21,8 +21,8 @@ from .froc import (
     save_froc,
     subset_cases,
 )
-from .params import BOX_MERGE_MODES, MERGE_KEYS, FROCParams
 from .boxfit import BoxFitParams, fit_boxes
+from .params import BOX_MERGE_MODES, MERGE_KEYS, FROCParams
 from .refine import ConvertedSlices, RefineParams, refine_extent
 
 __all__ = ["BreastFROCEvaluator"]
