@@ -151,6 +151,13 @@ class TestBoxesCsv(unittest.TestCase):
     def test_missing_column(self):
         with self.assertRaisesRegex(CohortError, "line 1: missing column.*End Slice"):
             self._read(self.HEADER.replace(",End Slice", "") + "A,1,2,1,2,1\n")
+        # A JSON file given as a table: the found "header" is cut, the error stays one short line.
+        with self.assertRaises(CohortError) as ctx:
+            self._read('{"folds": [' + ", ".join(f'"PH{i:04d}"' for i in range(500)) + "]}\n")
+        msg = str(ctx.exception)
+        self.assertIn("missing column", msg)
+        self.assertLess(len(msg), 600)
+        self.assertTrue(msg.endswith(" ...)"))
 
 
 class TestReadNifti(unittest.TestCase):

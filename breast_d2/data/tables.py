@@ -24,6 +24,8 @@ TableRow = Tuple[int, Dict[str, str]]  # (1-based row number, {column name: cell
 
 # The header may sit below a title row or two (some exported sheets have one).
 _HEADER_SEARCH_ROWS = 5
+#: The found header is cut to this many characters in the missing-column error.
+_FOUND_CHARS = 200
 
 
 def table_kind(path: str) -> str:
@@ -118,6 +120,8 @@ def iter_table(
         yield number, {c: (values[i] if i < len(values) else "") for c, i in columns.items()}
     if columns is None:
         found = ", ".join(n for n in (first_header or []) if n) or "nothing"
+        if len(found) > _FOUND_CHARS:  # e.g. a JSON file given as a table: one huge cell
+            found = found[:_FOUND_CHARS] + " ..."
         missing = [c for c in required if c not in (first_header or [])]
         raise CohortError(
             f"{row_label(path, 1)}: missing column(s) {', '.join(missing)}; expected a header with "
