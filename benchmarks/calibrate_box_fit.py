@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from breast_d2.data.converted import read_cases  # noqa: E402
 from breast_d2.evaluation.boxfit import BoxFitParams, fit_box  # noqa: E402
-from breast_d2.evaluation.refine import ConvertedSlices  # noqa: E402
+from breast_d2.evaluation.matching import box_iou3d  # noqa: E402
+from breast_d2.evaluation.slices import ConvertedSlices  # noqa: E402
 from breast_d2.evaluation.tables import markdown_table  # noqa: E402
 
 #: Perturbations of a label box [x0, y0, z0, x1, y1, z1] (voxels), added to it.
@@ -58,11 +59,6 @@ def perturb(label: np.ndarray, delta) -> np.ndarray:
     return label.copy() if np.any(box[3:] <= box[:3]) else box
 
 
-def iou3d(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.prod(np.clip(np.minimum(a[3:], b[3:]) - np.maximum(a[:3], b[:3]), 0, None))
-    return float(inter / (np.prod(a[3:] - a[:3]) + np.prod(b[3:] - b[:3]) - inter))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="converted folder (cases.json, slices/)")
@@ -85,7 +81,7 @@ def main(argv=None) -> int:
         for delta in PERTURBATIONS.values():
             hits = 0
             for volume, label in masses:
-                hits += iou3d(fit(volume, perturb(label, delta)), label) > 0.5
+                hits += box_iou3d(fit(volume, perturb(label, delta)), label) > 0.5
             rates.append(hits / len(masses))
         return rates
 

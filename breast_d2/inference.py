@@ -18,8 +18,9 @@ from detectron2.modeling import build_model
 from .data.channels import compose_channels
 from .data.readers import CaseGeometry, read_phases_from_dir
 from .engine.checkpoint import BreastCheckpointer
-from .evaluation.boxfit import ArraySlices, BoxFitParams, fit_boxes
+from .evaluation.boxfit import BoxFitParams, fit_boxes
 from .evaluation.candidates import CandidateArrays, merge_slice_detections
+from .evaluation.slices import ArraySlices
 from .modeling.tta import apply_test_time_flip
 from .segmentation.postprocess import dilate_mm
 

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from breast_d2.evaluation.boxfit import ArraySlices, BoxFitParams, fit_box, fit_boxes
+from breast_d2.evaluation.boxfit import BoxFitParams, fit_box, fit_boxes
 from breast_d2.evaluation.candidates import CandidateArrays, FROCInputError
+from breast_d2.evaluation.slices import ArraySlices
 
 SHAPE = (12, 40, 40)  # Z, H, W
 MASS = [10, 12, 3, 15, 18, 7]  # x0, y0, z0, x1, y1, z1 (half-open): 5 x 6 x 4 voxels

@@ -26,7 +26,7 @@ from breast_d2.engine import BreastCheckpointer, load_breast_config
 from breast_d2.evaluation import BreastFROCEvaluator, compute_froc, merge_slice_detections
 from breast_d2.evaluation.boxfit import BoxFitParams, fit_boxes
 from breast_d2.evaluation.candidates import CandidateArrays
-from breast_d2.evaluation.refine import ConvertedSlices
+from breast_d2.evaluation.slices import ConvertedSlices
 from breast_d2.fileio import jsonable, write_json_atomic
 from helpers import QUICK, REPO, tool_path, write_converted_phantom
 from test_evaluator import CASES, DETECTIONS, SIZE, SLICES

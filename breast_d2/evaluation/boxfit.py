@@ -24,16 +24,17 @@ Scores, case ids, order and ``slices`` are unchanged; boxes stay half-open voxel
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 from scipy import ndimage
 
 from .candidates import CandidateArrays, FROCInputError
+from .matching import box_iou3d
 from .params import StepParams
-from .refine import ConvertedSlices
+from .slices import SUBTRACTION_CHANNEL, ConvertedSlices
 
-__all__ = ["BoxFitParams", "ArraySlices", "fit_box", "fit_boxes", "MIN_CONTRAST"]
+__all__ = ["BoxFitParams", "fit_box", "fit_boxes", "MIN_CONTRAST"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class BoxFitParams(StepParams):
         margin: in-plane growth of the search region on each side, as a fraction of the box's
             width and height (at least 2 pixels).
         min_iou: keep the original box when the blob's box overlaps it by a 3D IoU below this.
+        channel: channel of the converted PNG holding post1 - pre (0 = R; the converter's
+            default ``--channels 1,1-0,0`` puts it in channel 1).
 
     ``level`` 0.4 and ``min_iou`` 0.05 were chosen without a detector on an independent phantom
     cohort (``benchmarks/calibrate_box_fit.py``: seed 101, 37 masses; the benchmark and the demo
@@ -63,15 +66,13 @@ class BoxFitParams(StepParams):
     per side, a slice short, two pixels loose, the central slice only), the fit recovers a 3D
     IoU > 0.5 for 94.3 % at 0.4 / 0.05, 92.5 % at 0.4 / 0.1 and 76.9 % at 0.4 / 0.3: a mass
     found on one slice grows to its blob only under a small ``min_iou`` (BENCHMARKS.md).
-        channel: channel of the converted PNG holding post1 - pre (0 = R; the converter's
-            default ``--channels 1,1-0,0`` puts it in channel 1).
     """
 
     enabled: bool = True
     level: float = 0.4
     margin: float = 0.5
     min_iou: float = 0.05
-    channel: int = 1
+    channel: int = SUBTRACTION_CHANNEL
 
     @classmethod
     def config_keys(cls) -> Dict[str, str]:
@@ -97,33 +98,6 @@ class BoxFitParams(StepParams):
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c <= 2:
             raise FROCInputError(f"box fit channel must be 0, 1 or 2, got {c!r}")
         return self
-
-
-class ArraySlices:
-    """In-memory stand-in for :class:`~breast_d2.evaluation.refine.ConvertedSlices`.
-
-    Args:
-        volumes: ``{case_id: [Z, H, W] array}``, the subtraction channel of each case.
-    """
-
-    def __init__(self, volumes: Mapping[str, np.ndarray]):
-        self._volumes = dict(volumes)
-
-    def num_slices(self, case_id: str) -> int:
-        if case_id not in self._volumes:
-            raise FROCInputError(f"case {case_id!r} has no volume")
-        return int(self._volumes[case_id].shape[0])
-
-    def read(self, case_id: str, z: int) -> np.ndarray:
-        """``[H, W]`` slice ``z`` of the case."""
-        self.num_slices(case_id)
-        return self._volumes[case_id][int(z)]
-
-
-def _iou3d(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.prod(np.clip(np.minimum(a[3:], b[3:]) - np.maximum(a[:3], b[:3]), 0, None))
-    union = np.prod(a[3:] - a[:3]) + np.prod(b[3:] - b[:3]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def fit_box(
@@ -170,7 +144,7 @@ def fit_box(
     fitted = np.array([xx.min() + rx0, yy.min() + ry0, zz.min() + rz0,
                        xx.max() + 1 + rx0, yy.max() + 1 + ry0, zz.max() + 1 + rz0],
                       dtype=np.float64)  # fmt: skip
-    return fitted if _iou3d(fitted, box) >= params.min_iou else box
+    return fitted if box_iou3d(fitted, box) >= params.min_iou else box
 
 
 def fit_boxes(

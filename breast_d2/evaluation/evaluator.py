@@ -23,7 +23,8 @@ from .froc import (
 )
 from .boxfit import BoxFitParams, fit_boxes
 from .params import BOX_MERGE_MODES, MERGE_KEYS, FROCParams
-from .refine import ConvertedSlices, RefineParams, refine_extent
+from .refine import RefineParams, refine_extent
+from .slices import ConvertedSlices
 
 __all__ = ["BreastFROCEvaluator"]
 

@@ -29,6 +29,7 @@ __all__ = [
     "ground_truth_arrays",
     "candidate_case_index",
     "match_candidates",
+    "box_iou3d",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,16 +125,25 @@ def candidate_case_index(cands: CandidateArrays, case_ids: List[str]) -> np.ndar
     return cand_case
 
 
+def box_iou3d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """3D IoU of boxes ``a`` and ``b`` ``[..., 6]`` (x0, y0, z0, x1, y1, z1, half-open voxel
+    boxes, each non-empty), pair by pair with broadcasting: ``[...]`` float."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    inter = np.clip(np.minimum(a[..., 3:], b[..., 3:]) - np.maximum(a[..., :3], b[..., :3]),
+                    0.0, None).prod(axis=-1)  # fmt: skip
+    union = (a[..., 3:] - a[..., :3]).prod(axis=-1) + (b[..., 3:] - b[..., :3]).prod(axis=-1)
+    return inter / (union - inter)
+
+
 def _hits(a: np.ndarray, b: np.ndarray, hit: str, thresh: float) -> np.ndarray:
     """Whether candidate boxes a [P, 6] hit mass boxes b [P, 6] (half-open voxel boxes)."""
     if hit == "center":
         c = (a[:, :3] + a[:, 3:]) / 2.0
         return ((b[:, :3] <= c) & (c < b[:, 3:])).all(axis=1)
+    if hit == "iou3d":
+        return box_iou3d(a, b) > thresh
     ext = np.clip(np.minimum(a[:, 3:], b[:, 3:]) - np.maximum(a[:, :3], b[:, :3]), 0.0, None)
     da, db = a[:, 3:] - a[:, :3], b[:, 3:] - b[:, :3]
-    if hit == "iou3d":
-        inter = ext.prod(axis=1)
-        return inter / (da.prod(axis=1) + db.prod(axis=1) - inter) > thresh
     inter = ext[:, 0] * ext[:, 1]
     union = da[:, 0] * da[:, 1] + db[:, 0] * db[:, 1] - inter
     return (ext[:, 2] > 0) & (inter / union > thresh)

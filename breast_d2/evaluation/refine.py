@@ -30,21 +30,17 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
-from ..data.converted import read_cases
-from ..data.errors import CohortError
 from ..fileio import path_inside
 from .candidates import CandidateArrays, FROCInputError, detections_to_arrays, merge_slice_arrays
 from .froc import compute_froc
 from .io import load_cases_json, read_froc_json, save_froc, subset_cases
+from .boxfit import BoxFitParams, fit_boxes
 from .params import FROCParams, StepParams
-
-if TYPE_CHECKING:
-    from .boxfit import BoxFitParams
+from .slices import SUBTRACTION_CHANNEL, ConvertedSlices
 
 __all__ = [
     "RefineParams",
@@ -84,7 +80,7 @@ class RefineParams(StepParams):
     ratio: float = 0.4
     max_steps: int = 1
     ring: int = 2
-    channel: int = 1
+    channel: int = SUBTRACTION_CHANNEL
 
     @classmethod
     def config_keys(cls) -> Dict[str, str]:
@@ -110,44 +106,6 @@ class RefineParams(StepParams):
         if not isinstance(self.ratio, (int, float)) or not 0.0 < float(self.ratio) < math.inf:
             raise FROCInputError(f"refine ratio must be a number > 0, got {self.ratio!r}")
         return self
-
-
-class ConvertedSlices:
-    """Reads one channel of the slices of a converted folder (docs/DATA_FORMAT.md).
-
-    Args:
-        data_root: the converted folder (``cases.json``, ``slices/<case>/<z:04d>.png``).
-        channel: 0, 1, 2 = R, G, B of the PNG (the converter's channel expressions in order).
-    """
-
-    def __init__(self, data_root: str, channel: int = RefineParams.channel):
-        try:
-            self._cases = read_cases(data_root)
-        except CohortError as e:
-            raise FROCInputError(str(e)) from None
-        self.data_root = data_root if os.path.isdir(data_root) else os.path.dirname(data_root)
-        self.channel = int(channel)
-
-    def num_slices(self, case_id: str) -> int:
-        """Z of the case (``cases.json`` shape ``[X, Y, Z]``)."""
-        case = self._cases.get(case_id)
-        if case is None:
-            raise FROCInputError(f"case {case_id!r} is not in {self.data_root}/cases.json")
-        try:
-            return int(case["shape"][2])
-        except (KeyError, TypeError, IndexError, ValueError):
-            raise FROCInputError(
-                f"{self.data_root}/cases.json: case {case_id!r} has no shape [X, Y, Z]"
-            ) from None
-
-    def read(self, case_id: str, z: int) -> np.ndarray:
-        """``[H, W]`` uint8, the channel of slice ``z`` of the case."""
-        self.num_slices(case_id)  # the id is a known, checked case id: a plain file name
-        path = os.path.join(self.data_root, "slices", case_id, f"{int(z):04d}.png")
-        image = cv2.imread(path, cv2.IMREAD_COLOR)  # B, G, R
-        if image is None:
-            raise FROCInputError(f"cannot read slice {path} (case {case_id!r}, z {z})")
-        return np.ascontiguousarray(image[:, :, 2 - self.channel])
 
 
 def box_enhancement(sat: np.ndarray, boxes: np.ndarray, ring: int) -> np.ndarray:
@@ -291,7 +249,7 @@ def refine_eval_dir(
     params: RefineParams,
     data_root: Optional[str] = None,
     ground_truth: Optional[str] = None,
-    fit: Optional["BoxFitParams"] = None,
+    fit: Optional[BoxFitParams] = None,
     box_merge: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Re-merge a saved evaluation folder's detections with the refinement and write its FROC.
@@ -338,8 +296,6 @@ def refine_eval_dir(
         raise FROCInputError(f"{det_path}: {e}") from None
     cases = subset_cases(load_cases_json(gt_path), res["case_ids"])
     if fit is None and isinstance(merge.get("box_fit"), dict):
-        from .boxfit import BoxFitParams  # boxfit imports this module
-
         recorded = merge["box_fit"]
         try:
             fit = BoxFitParams(**{f: recorded[f] for f in BoxFitParams().asdict()}).checked()
@@ -354,8 +310,6 @@ def refine_eval_dir(
     merge_out: Dict[str, Any] = dict(merge)
     root = data_root or os.path.dirname(os.path.abspath(gt_path))
     if fit is not None and fit.enabled:
-        from .boxfit import fit_boxes  # boxfit imports this module
-
         cands, stats = fit_boxes(cands, ConvertedSlices(root, fit.channel), fit)
         merge_out["box_fit"] = dict(fit.asdict(), data_root=os.path.abspath(root), **stats)
     if params.enabled:
@@ -399,7 +353,7 @@ def refine_folds(
     params: RefineParams,
     data_root: Optional[str] = None,
     ground_truth: Optional[str] = None,
-    fit: Optional["BoxFitParams"] = None,
+    fit: Optional[BoxFitParams] = None,
     box_merge: Optional[str] = None,
 ) -> Dict[str, Any]:
     """:func:`refine_eval_dir` for each fold folder, into ``out_dir/<folder name>/``.
