@@ -319,6 +319,23 @@ def test_post_hoc_tool_bad_input_is_one_line(toy, tmp_path, capsys):
     assert "records no merge parameters" in capsys.readouterr().err
     assert tool.main(["--refine-extent", toy, "--out", str(tmp_path / "o")]) == 2
     assert "need --detections" in capsys.readouterr().err
+    # A froc.json whose recorded box fit or box merge is malformed: one line naming the file.
+    good = str(tmp_path / "good")
+    _eval_folder(toy, good, refine=False)
+    saved = _read(os.path.join(good, "froc.json"))
+    for bad_merge, needle in (({"box_fit": {"level": 0.4}}, "bad merge.box_fit"),
+                              ({"box_merge": "mean"}, "box_merge")):
+        bad = str(tmp_path / f"bad_{needle.replace(' ', '_')}")
+        os.makedirs(bad)
+        with open(os.path.join(bad, "froc.json"), "w") as f:
+            json.dump(dict(saved, merge=dict(saved["merge"], **bad_merge)), f)
+        with open(os.path.join(good, "detections.json")) as a, \
+                open(os.path.join(bad, "detections.json"), "w") as b:
+            b.write(a.read())
+        assert tool.main(["--detections", bad, "--out", str(tmp_path / "o2")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
+        assert "froc.json" in err and needle in err
 
 
 def test_refine_eval_dir_disabled_keeps_recorded_params(toy, tmp_path):
