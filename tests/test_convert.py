@@ -69,6 +69,17 @@ class TestConvertLayout(ConvertTestBase):
         self.assertEqual(cases["PH0002"]["boxes"], [])
         self.assertIn("case PH0003", open(os.path.join(self.out, "convert.log")).read())
 
+    def test_2p5d_channels(self):
+        """``channels="2.5d"``: R, G, B = the subtraction of slices z - 1, z, z + 1."""
+        summary = self.convert(channels="2.5d")
+        self.assertEqual(summary["cases"], 5)
+        phases = read_case_phases(os.path.join(self.cohort, "IMAGES"), "PH0003").phases
+        expected = compose_channels(phases, "1-0@-1,1-0,1-0@+1")
+        for z in (0, 4, 7):
+            rgb = np.asarray(Image.open(os.path.join(self.out, "slices", "PH0003", f"{z:04d}.png")))
+            np.testing.assert_array_equal(rgb, expected[z])
+        np.testing.assert_array_equal(expected[4, ..., 0], expected[3, ..., 1])
+
     def test_labels_and_csv_agree(self):
         self.convert()
         other = os.path.join(self._out.name, "OUT_CSV")

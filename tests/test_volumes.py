@@ -22,7 +22,7 @@ from breast_d2.data.boxes import (
     slice_boxes_from_boxes,
     slice_boxes_from_components,
 )
-from breast_d2.data.channels import compose_channels, parse_channels
+from breast_d2.data.channels import compose_channels, parse_channels, phases_used
 from breast_d2.data.errors import CohortError, check_case_id
 from breast_d2.data.readers import (
     CaseGeometry,
@@ -349,9 +349,25 @@ class TestChannels(unittest.TestCase):
         const = compose_channels(np.ones((2,) + SHAPE, np.float32), "1,1-0,0")
         self.assertEqual(int(const.max()), 0)
 
+    def test_slice_offsets_2p5d(self):
+        """2.5D: channels 0 and 2 are the windowed subtraction of slices z - 1 and z + 1 (the end
+        slices repeat), in the same window as channel 1; nothing else moves."""
+        phases = make_phases(3).astype(np.float32)
+        phases[1] += np.arange(SHAPE[0], dtype=np.float32)[:, None, None] * 7  # slices differ
+        sub = compose_channels(phases, "1-0,1-0,1-0")[..., 1]
+        rgb = compose_channels(phases, "2.5d")
+        np.testing.assert_array_equal(rgb[..., 1], sub)
+        np.testing.assert_array_equal(rgb[1:, ..., 0], sub[:-1])
+        np.testing.assert_array_equal(rgb[0, ..., 0], sub[0])
+        np.testing.assert_array_equal(rgb[:-1, ..., 2], sub[1:])
+        np.testing.assert_array_equal(rgb[-1, ..., 2], sub[-1])
+        self.assertFalse(np.array_equal(rgb[..., 0], rgb[..., 2]))
+
     def test_bad_spec(self):
-        self.assertEqual(parse_channels("1,1-0,0"), [(1, None), (1, 0), (0, None)])
-        for bad in ("1,2", "1,a,0", "1,1+0,0"):
+        self.assertEqual(parse_channels("1,1-0,0"), [(1, None, 0), (1, 0, 0), (0, None, 0)])
+        self.assertEqual(parse_channels("2.5D"), [(1, 0, -1), (1, 0, 0), (1, 0, 1)])
+        self.assertEqual(phases_used("1-0@-1,8-1@+2,0"), {0, 1, 8})
+        for bad in ("1,2", "1,a,0", "1,1+0,0", "1-0@x,1,0", "1-0@,1,0", "2.5e"):
             with self.assertRaises(ValueError):
                 parse_channels(bad)
         with self.assertRaises(ValueError):

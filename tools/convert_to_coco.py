@@ -62,7 +62,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=int, default=5, help="number of patient-level folds")
     parser.add_argument("--seed", type=int, default=0, help="fold split seed")
     parser.add_argument(
-        "--channels", default="1,1-0,0", help="R,G,B phase expressions: post1, post1-pre, pre"
+        "--channels", default="1,1-0,0",
+        help="R,G,B phase expressions, each 'a' or 'a-b' (phase 0 = pre), optionally '@dz' to read "
+        "slice z+dz; default post1, post1-pre, pre; '2.5d' = 1-0@-1,1-0,1-0@+1 (the subtraction "
+        "of slices z-1, z, z+1)",
     )
     parser.add_argument(
         "--series-map",

@@ -44,7 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--images", required=True, nargs="+", help="case folder or phase files")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--case-id", default="", help="name of the case (default: folder name)")
-    p.add_argument("--channels", default="1,1-0,0", help="channel spec used at conversion")
+    p.add_argument("--channels", default="1,1-0,0",
+                   help="channel spec used at conversion (convert_to_coco.py --channels)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")

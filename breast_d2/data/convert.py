@@ -44,7 +44,7 @@ from .boxes import (
     read_box_rows,
     slice_boxes_from_components,
 )
-from .channels import compose_channels, parse_channels
+from .channels import compose_channels, parse_channels, phases_used
 from .errors import CohortError, PathLike, case_id_index
 from .readers import CaseGeometry, find_phase_sources, iter_source_images, list_cases, read_volume
 
@@ -174,7 +174,7 @@ def _read_case(job: _CaseJob):
     Returns:
         ``(phases {k: [Z,Y,X]}, geometry, num_phases, provenance, file_numbers)``.
     """
-    needed = {k for expr in parse_channels(job.channels) for k in expr if k is not None}
+    needed = phases_used(job.channels)
     order = job.settings.get("dicom_order", "description")
     sources = find_phase_sources(job.case_dir, job.case_id, job.series_map, order)
     expected = job.settings.get("phases")
