@@ -14,7 +14,9 @@
 # unmasked/ (tools/cross_validate.py job folders with breast_d2's default merge: fused slice
 # boxes + box fit; report/ and the out-of-fold fp_reducer/ in each), masked_study/ and
 # unmasked_study/ (the same detections merged as the study does), compare/ (pooled candidates of
-# both runs and compare.json of tools/froc.py --compare).
+# both runs and compare.json of tools/froc.py --compare), fp_final/ (one reducer trained on the
+# masked run's out-of-fold candidates of every case but PH0000-PH0039, which with SEED 0 are the
+# cases of the default demo cohort: the model `make demo` applies, models/phantom_fp_reducer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -62,3 +64,10 @@ EOF
 "$PY" tools/froc.py --compare "$OUT/compare/masked_candidates.json" \
   "$OUT/compare/unmasked_candidates.json" --ground-truth "$OUT/coco/cases.json" \
   --bootstrap 2000 --out "$OUT/compare"
+# The demo's reducer: every fold's out-of-fold candidates except the default demo cohort's cases
+# (a cohort of 40 cases or fewer has none left to train on).
+if (( CASES > 40 )); then
+  "$PY" tools/reduce_fp.py --cv "$OUT/masked" --data "$OUT/coco" --final \
+    --exclude-cases "$("$PY" -c "print(','.join(f'PH{i:04d}' for i in range(40)))")" \
+    --out "$OUT/fp_final"
+fi

@@ -278,3 +278,38 @@ def test_bad_inputs_name_the_file_or_case(tmp_path, capsys):
     rc, cap = _run(["--cv", cv, "--data", data, "--out", str(tmp_path / "o")], capsys)
     line = _one_line_error(cap)
     assert rc == 2 and ids[0] in line and "0002" in line
+
+
+# ----------------------------------------------------------------------------- --final
+
+
+def test_final_model_excludes_cases_and_scores_only_those(toy, tmp_path, capsys):
+    """``--final``: one model on every fold's candidates minus ``--exclude-cases``; it scores the
+    excluded cases and refuses the others; an id no fold evaluates is an error, not a no-op."""
+    val0 = [c for i, c in enumerate(toy["ids"]) if i % FOLDS == 0]
+    ids_file = tmp_path / "exclude.txt"
+    ids_file.write_text("# fold 0's cases\n" + "\n".join(val0) + "\n\n")
+    out = str(tmp_path / "final")
+    rc, cap = _run(["--cv", toy["cv"], "--data", toy["data"], "--final", "--exclude-cases",
+                    f"@{ids_file}", "--out", out], capsys)
+    assert rc == 0, cap.err
+    model = os.path.join(out, "models", "final.txt")
+    prov = load_reducer(model).provenance
+    assert prov["excluded_case_ids"] == sorted(val0) and prov["training_folds"] == [0, 1, 2]
+    assert prov["training_case_ids"] == sorted(set(toy["ids"]) - set(val0))
+    assert prov["fold"] is None and "final.md" in os.listdir(out)
+    rc, cap = _run(["--apply", model, "--eval", _fold_dir(toy["cv"], 0), "--data", toy["data"],
+                    "--out", str(tmp_path / "ok")], capsys)
+    assert rc == 0, cap.err
+    rc, cap = _run(["--apply", model, "--eval", _fold_dir(toy["cv"], 1), "--data", toy["data"],
+                    "--out", str(tmp_path / "leak")], capsys)
+    assert rc == 2 and "refusing to score its own training cases" in _one_line_error(cap)
+    rc, cap = _run(["--cv", toy["cv"], "--data", toy["data"], "--final", "--exclude-cases",
+                    "NOPE", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "'NOPE'" in _one_line_error(cap)
+    rc, cap = _run(["--cv", toy["cv"], "--data", toy["data"], "--exclude-cases", val0[0],
+                    "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "--exclude-cases goes with --final" in _one_line_error(cap)
+    rc, cap = _run(["--cv", toy["cv"], "--data", toy["data"], "--final", "--exclude-cases",
+                    f"@{tmp_path / 'missing.txt'}", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "missing.txt" in _one_line_error(cap)

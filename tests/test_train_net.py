@@ -13,6 +13,7 @@ import torch
 from breast_d2.data.readers import CaseGeometry
 from breast_d2.inference import box_to_physical, candidate_label_volume
 from breast_d2.jobs import Parallel, Step, StepFailed, run_steps
+from breast_d2.reduction import load_reducer
 from helpers import QUICK, load_tool
 
 
@@ -198,7 +199,8 @@ def test_demo_trains_the_two_detectors_side_by_side_unless_sequential():
     assert isinstance(group, Parallel) and group.threads == 1
     names = [[s.name for s in lane] for lane in group.lanes]
     assert names == [["train detector (masked) fold0", "evaluate detector (masked) fold0",
-                      "evaluate detector (masked + flip TTA) fold0", "study merge (masked) fold0"],
+                      "evaluate detector (masked + flip TTA) fold0", "study merge (masked) fold0",
+                      "FP reducer (masked) fold0"],
                      ["train detector (no mask) fold0", "evaluate detector (no mask) fold0"]]
     unmasked_train = group.lanes[1][0].command
     assert unmasked_train[unmasked_train.index("INPUT.BREAST_MASK.ENABLED") + 1] == "False"
@@ -212,10 +214,33 @@ def test_demo_trains_the_two_detectors_side_by_side_unless_sequential():
     assert eval_dir.endswith(os.path.join("det_masked", "fold0", "inference", "breast_fold0_val"))
     assert study[study.index("--box-merge") + 1] == "union" and "--no-box-fit" in study
     assert study[study.index("--out") + 1].endswith("det_masked_study")
+    reducer = group.lanes[0][4].command
+    assert reducer[reducer.index("--apply") + 1] == demo.DEMO_REDUCER
+    assert reducer[reducer.index("--eval") + 1] == eval_dir
+    assert reducer[reducer.index("--out") + 1].endswith("det_masked_fp")
     for flags in (["--sequential", "--no-tta"], ["--no-ablation", "--no-tta"]):
         steps = demo.build_steps(demo.parse_args(["--out", "O", *flags]))
         assert not any(isinstance(s, Parallel) for s in steps)
-        assert steps[-1].name.startswith(("evaluate detector", "study merge"))
+        assert steps[-1].name.startswith(("evaluate detector", "study merge", "FP reducer"))
+
+
+def test_demo_applies_the_saved_reducer_only_to_cases_it_never_saw():
+    """The shipped reducer's provenance excludes the default demo cohort's ids; a larger cohort
+    reaches its training ids and the demo leaves the reducer out (stated in the report)."""
+    demo = load_tool("demo")
+    reducer = load_reducer(demo.DEMO_REDUCER)
+    prov = reducer.provenance
+    demo_ids = {f"PH{i:04d}" for i in range(demo.parse_args([]).cases)}
+    assert not demo_ids & set(prov["training_case_ids"])
+    assert demo_ids <= set(prov["excluded_case_ids"])
+    assert prov["fold"] is None and prov["training_folds"] == [0, 1, 2, 3, 4]
+    assert demo.reducer_refusal(demo.parse_args(["--out", "O"])) is None
+    assert "skipped" in demo.reducer_refusal(demo.parse_args(["--no-fp-reducer"]))
+    refusal = demo.reducer_refusal(demo.parse_args(["--cases", "75"]))
+    assert "refusing to score its own training cases" in refusal
+    steps = demo.build_steps(demo.parse_args(["--out", "O", "--cases", "75"]))
+    names = [s.name for lane in steps[-1].lanes for s in lane]
+    assert "FP reducer (masked) fold0" not in names
 
 
 def test_cross_validation_steps_are_fold_correct():

@@ -13,6 +13,12 @@ model + provenance), fold{K}/{candidates,froc}.json (rescored, same FROC paramet
 froc.json), pooled/froc.json, froc_folds.json, compare.json (paired CPM bootstrap, pooled after
 vs before), reduce_fp.md (per-fold sens@1, sens@3.4, CPM before/after) and summary.json.
 
+One final model for new cases (not the folds' own), trained on every fold's out-of-fold
+candidates except the cases named by --exclude-cases (ids, or @FILE with one id per line);
+writes OUT/models/final.txt + .txt.json and OUT/final.md::
+
+    python tools/reduce_fp.py --cv OUT/masked --data OUT/coco --final --out OUT/fp_final
+
 Score a new evaluation folder with saved models (one model file, or a folder of them whose
 probabilities are averaged); a model refuses the cases it was trained on::
 
@@ -47,6 +53,7 @@ from breast_d2.reduction import (
     load_fold_run,
     load_reducer,
     out_of_fold,
+    train_final,
 )
 from breast_d2.reduction.features import MASK_SOURCES
 from breast_d2.reduction.reducer import NUM_TREES
@@ -62,6 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval", metavar="DIR", help="with --apply: the evaluation folder to score")
     p.add_argument("--data", required=True, help="converted folder (cases.json, masks/)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--final", action="store_true",
+                   help="with --cv: train one model on all folds' candidates for new cases")
+    p.add_argument("--exclude-cases", type=case_id_list, default=[], metavar="IDS",
+                   help="with --final: comma-separated case ids, or @FILE (one per line), whose "
+                        "candidates must not train the model")
     p.add_argument("--masks", choices=MASK_SOURCES, default=None,
                    help="breast masks for the position features (default auto: masks/fold{K}, "
                         "else masks/gt; --apply: the model's)")
@@ -80,11 +92,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--apply needs --eval DIR")
     if args.eval and not args.apply:
         p.error("--eval goes with --apply")
+    if args.final and not args.cv:
+        p.error("--final goes with --cv")
+    if args.exclude_cases and not args.final:
+        p.error("--exclude-cases goes with --final")
     if args.trees < 1:
         p.error(f"--trees must be >= 1, got {args.trees}")
     if args.bootstrap is not None and args.bootstrap < 0:
         p.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
     return args
+
+
+def case_id_list(text: str) -> List[str]:
+    """``"A,B"`` or ``"@FILE"`` (one id per line, blank lines and ``#`` comments skipped)."""
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                lines = [ln.split("#", 1)[0].strip() for ln in f]
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {e.strerror}") from None
+        ids = [ln for ln in lines if ln]
+    else:
+        ids = [c.strip() for c in text.split(",") if c.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError(f"no case id in {text!r}")
+    return ids
 
 
 def _check_out(out: str, inputs: Sequence[str]) -> str:
@@ -138,7 +170,12 @@ _HEADERS = ["Fold", "Cases", "Masses", "Candidates", "sens@1 before", "sens@1 af
             "sens@3.4 before", "sens@3.4 after", "CPM before", "CPM after"]
 
 
-def run_cv(args, argv: Sequence[str]) -> str:
+def _prepare_cv(args):
+    """Load every fold of ``args.cv`` with its features (cached in OUT/features) and hit labels.
+
+    Returns:
+        ``(cases, dirs, out, runs, labels, names, params, masks_used)``.
+    """
     cases = {c["case_id"]: c for c in load_cases_json(os.path.join(args.data, "cases.json"))}
     dirs = find_fold_dirs(args.cv)
     # OUT may lie in the cross-validation job folder (tools/cross_validate.py writes
@@ -165,11 +202,45 @@ def run_cv(args, argv: Sequence[str]) -> str:
                     len(r.arrays), "from cache" if info["cached"] else "computed",
                     info["mask_sources"])
     labels = [candidate_hits(r, cases) for r in runs]
+    return cases, dirs, out, runs, labels, names, params, masks_used
+
+
+def run_final(args, argv: Sequence[str]) -> str:
+    """One model on all folds' out-of-fold candidates minus ``--exclude-cases``."""
+    cases, _, out, runs, labels, names, params, masks_used = _prepare_cv(args)
+    unknown = sorted(set(args.exclude_cases) - set(cases))
+    if unknown:
+        raise ReductionError(f"--exclude-cases: case {unknown[0]!r} is not in "
+                             f"{os.path.join(args.data, 'cases.json')}")
+    red = train_final(
+        runs, labels, names, args.trees, args.seed, args.exclude_cases,
+        command=["tools/reduce_fp.py"] + list(argv), cv=os.path.abspath(args.cv),
+        data=os.path.abspath(args.data), froc_params=params, feature_version=FEATURE_VERSION,
+        mask_source=args.masks or "auto", kinetics=not args.no_kinetics,
+        score_mode=args.score_mode, mask_sources=masks_used)
+    model = path_inside(out, "models", "final.txt")
+    red.save(model)
+    prov = red.provenance
+    text = (f"Final false-positive reducer: {model}\n\n"
+            f"- trained on {prov['num_train_candidates']} candidates ({prov['num_train_hits']} "
+            f"hits) of {len(prov['training_case_ids'])} cases, folds {prov['training_folds']}; "
+            f"each candidate comes from the fold model that did not train on its case\n"
+            f"- excluded: {len(prov['excluded_case_ids'])} case(s)"
+            + (f" ({prov['excluded_case_ids'][0]} ... {prov['excluded_case_ids'][-1]})"
+               if prov["excluded_case_ids"] else "") + "\n"
+            f"- {args.trees} trees, features v{FEATURE_VERSION}, score mode {args.score_mode}; "
+            "it refuses to score any of its training cases\n")
+    write_atomic(os.path.join(out, "final.md"), lambda f: f.write(text))
+    return text
+
+
+def run_cv(args, argv: Sequence[str]) -> str:
+    cases, dirs, out, runs, labels, names, params, masks_used = _prepare_cv(args)
     command = ["tools/reduce_fp.py"] + list(argv)
     reducers = out_of_fold(
         runs, labels, names, args.trees, args.seed, command=command,
         cv=os.path.abspath(args.cv), data=os.path.abspath(args.data), froc_params=params,
-        feature_version=FEATURE_VERSION, mask_source=mask_source,
+        feature_version=FEATURE_VERSION, mask_source=args.masks or "auto",
         kinetics=not args.no_kinetics, score_mode=args.score_mode)
     rows, results, all_after, all_before, all_gt = [], [], [], [], []
     fold_dirs = []
@@ -280,7 +351,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_tool_logging(logging.INFO)
     try:
-        text = run_apply(args, argv) if args.apply else run_cv(args, argv)
+        if args.apply:
+            text = run_apply(args, argv)
+        else:
+            text = run_final(args, argv) if args.final else run_cv(args, argv)
     except (ValueError, OSError) as e:  # ReductionError, FROCInputError, CohortError
         sys.stderr.write(f"error: {e}\n")
         return 2

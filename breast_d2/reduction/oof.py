@@ -31,7 +31,7 @@ from .features import (
 from .reducer import Reducer, train_reducer
 
 __all__ = ["FoldRun", "find_fold_dirs", "load_fold_run", "candidate_hits", "fold_features",
-           "out_of_fold"]
+           "out_of_fold", "train_final"]
 
 logger = logging.getLogger(__name__)
 
@@ -217,13 +217,7 @@ def out_of_fold(
     """
     if len(runs) < 2:
         raise ReductionError(f"out-of-fold training needs >= 2 folds, found {len(runs)}")
-    owner: Dict[str, int] = {}
-    for i, r in enumerate(runs):
-        for c in r.case_ids:
-            if c in owner:
-                raise ReductionError(
-                    f"case {c!r} is evaluated in both {runs[owner[c]].path} and {r.path}")
-            owner[c] = i
+    _check_disjoint(runs)
     reducers = []
     for i, run in enumerate(runs):
         others = [j for j in range(len(runs)) if j != i]
@@ -239,3 +233,60 @@ def out_of_fold(
             training_dirs=[os.path.abspath(runs[j].path) for j in others], **provenance))
         assert not set(reducers[-1].provenance["training_case_ids"]) & set(run.case_ids)
     return reducers
+
+
+def _check_disjoint(runs: Sequence[FoldRun]) -> None:
+    """Each case is evaluated by one fold only (else its candidates would count twice)."""
+    owner: Dict[str, int] = {}
+    for i, r in enumerate(runs):
+        for c in r.case_ids:
+            if c in owner:
+                raise ReductionError(
+                    f"case {c!r} is evaluated in both {runs[owner[c]].path} and {r.path}")
+            owner[c] = i
+
+
+def train_final(
+    runs: Sequence[FoldRun],
+    labels: Sequence[np.ndarray],
+    names: Sequence[str],
+    num_trees: int,
+    seed: int,
+    exclude_case_ids: Sequence[str] = (),
+    **provenance: Any,
+) -> Reducer:
+    """One reducer for new cases: trained on every fold's validation candidates (each produced by
+    a detector that never trained on that case), minus the cases in ``exclude_case_ids``.
+
+    Use it on cases outside the cross-validation (a held-out cohort, the demo's), never on the
+    folds' own cases: :meth:`Reducer.check_unseen` refuses every training case id. Exclude the
+    ids of cases that will be scored later under the same name (the same cohort's cases).
+
+    Args:
+        runs: [K] folds with features (``x``) set; labels: [K] hit arrays.
+        names: feature names; num_trees, seed: see :func:`train_reducer`.
+        exclude_case_ids: cases whose candidates must not train it (recorded in the sidecar as
+            ``excluded_case_ids``).
+        provenance: more sidecar entries (command, ...).
+
+    Raises:
+        ReductionError: a case evaluated in two folds, an excluded id that no fold evaluates
+            (a typo would silently exclude nothing), or no hits/no false positives left.
+    """
+    _check_disjoint(runs)
+    exclude = set(exclude_case_ids)
+    evaluated = {c for r in runs for c in r.case_ids}
+    unknown = sorted(exclude - evaluated)
+    if unknown:
+        raise ReductionError(f"excluded case {unknown[0]!r} is not evaluated by any fold "
+                             f"({len(unknown)} of {len(exclude)} excluded ids)")
+    keep = [np.array([c not in exclude for c in r.row_case_ids], dtype=bool) for r in runs]
+    x = np.concatenate([r.x[k] for r, k in zip(runs, keep)])
+    y = np.concatenate([np.asarray(lab)[k] for lab, k in zip(labels, keep)])
+    train_ids = sorted(evaluated - exclude)
+    red = train_reducer(
+        x, y, names, train_ids, num_trees=num_trees, seed=seed, fold=None,
+        training_folds=[r.fold for r in runs], excluded_case_ids=sorted(exclude),
+        training_dirs=[os.path.abspath(r.path) for r in runs], **provenance)
+    assert not set(red.provenance["training_case_ids"]) & exclude
+    return red
