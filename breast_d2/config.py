@@ -12,6 +12,7 @@ def add_breast_config(cfg: CN) -> None:
     """Add every breast_d2 key to ``cfg`` (a detectron2 config from ``get_cfg()``), in place."""
     _add_dataset_config(cfg)
     _add_mask_config(cfg)
+    _add_augmentation_config(cfg)
     _add_solver_config(cfg)
     _add_froc_config(cfg)
     _add_tta_config(cfg)
@@ -38,6 +39,19 @@ def _add_mask_config(cfg: CN) -> None:
     cfg.INPUT.BREAST_MASK.WEIGHTS = ""
     # Dilate the mask by this many millimetres (in-plane pixel spacing from cases.json) before use.
     cfg.INPUT.BREAST_MASK.DILATE_MM = 0.0
+
+
+def _add_augmentation_config(cfg: CN) -> None:
+    # Training-time gain on the contrast-enhancement channels (breast_d2/data/augmentation.py):
+    # with probability PROB a slice's CHANNELS (indexes of the converter's --channels, e.g. 0 =
+    # post 1 and 1 = the subtraction of the study's "1,1-0,0") are multiplied by one gain drawn
+    # uniformly from RANGE, so that bright, fast-enhancing masses also teach the detector what a
+    # slowly enhancing (type I) one looks like at the first post-contrast phase.
+    cfg.INPUT.ENHANCEMENT_GAIN = CN()
+    cfg.INPUT.ENHANCEMENT_GAIN.ENABLED = False
+    cfg.INPUT.ENHANCEMENT_GAIN.RANGE = (0.4, 1.0)
+    cfg.INPUT.ENHANCEMENT_GAIN.PROB = 0.5
+    cfg.INPUT.ENHANCEMENT_GAIN.CHANNELS = (0, 1)
 
 
 def _add_solver_config(cfg: CN) -> None:

@@ -14,6 +14,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..segmentation.postprocess import dilate_mm
+from .augmentation import build_intensity_augmentation
 from .converted import read_cases
 from .datasets import default_data_root
 
@@ -102,6 +103,8 @@ class BreastMaskDatasetMapper(DatasetMapper):
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)
+        if is_train:
+            ret["augmentations"] = ret["augmentations"] + build_intensity_augmentation(cfg)
         mask_cfg = cfg.INPUT.BREAST_MASK
         predictor = None
         if mask_cfg.ENABLED and mask_cfg.SOURCE == "model":
