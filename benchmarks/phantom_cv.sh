@@ -2,10 +2,11 @@
 # The study-sized phantom benchmark (issue 12): 75 cases in 5 patient folds, the study's pipeline
 # with breast masking against the same detector without it, and the paired case-level bootstrap
 # of their CPM difference over all folds pooled. CPU demo detector (configs/frcnn_cpu_demo.yaml,
-# 700 iterations, SEED 0), two folds side by side with one thread each. Resumable: rerun to
+# 1,000 iterations, SEED 0), two folds side by side with one thread each. Resumable: rerun to
 # continue (finished steps are skipped).
 #
-#   bash benchmarks/phantom_cv.sh                    # ~75 min on 2 cores
+#   bash benchmarks/phantom_cv.sh                    # ~75 min on 2 cores at 700 iterations;
+#                                                    # the masked CV alone: 34 min at 1,000
 #   CASES=10 MATRIX=96 SLICES=16 OPTS="SOLVER.MAX_ITER 4 SOLVER.STEPS (3,)" bash benchmarks/phantom_cv.sh
 #
 # MASKS=gt (default) masks with the ground-truth breast masks, to spend the CPU on detection;

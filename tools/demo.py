@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--seg-epochs", type=int, default=6,
                    help="segmentation epochs (study: 50; 6 on 32 training cases = 12 on 16)")
-    p.add_argument("--det-iters", type=int, default=700, help="detector iterations")
+    p.add_argument("--det-iters", type=int, default=1000, help="detector iterations")
     p.add_argument("--no-ablation", action="store_true", help="skip the unmasked detector")
     p.add_argument("--no-tta", action="store_true",
                    help="skip the flip test-time augmentation evaluation of the masked detector")
