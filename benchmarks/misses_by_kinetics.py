@@ -14,7 +14,6 @@ miss, which no post-processing can repair. ``--list`` also names every mass not 
 """
 import argparse
 import glob
-import json
 import os
 import sys
 from collections import defaultdict
@@ -22,6 +21,8 @@ from collections import defaultdict
 import numpy as np
 
 from breast_d2.cli import OneLineErrorParser, fail
+from breast_d2.evaluation.froc import FROCInputError
+from breast_d2.evaluation.io import load_candidates_json, read_froc_json
 from breast_d2.evaluation.matching import box_iou3d
 from breast_d2.evaluation.tables import markdown_table
 
@@ -35,14 +36,6 @@ def parse_args(argv=None):
                    help="slice detection score that counts as seen")
     p.add_argument("--list", action="store_true", help="also name every mass not seen")
     return p.parse_args(argv)
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        fail(f"{path}: cannot read JSON ({e})")
 
 
 def _seen(box, detections, min_score):
@@ -61,9 +54,9 @@ def run_counts(folders, lesions_by_case, min_score):
     counts = defaultdict(lambda: [0, 0, 0])
     not_seen = []
     for folder in folders:
-        case_ids = _read_json(os.path.join(folder, "froc.json"))["case_ids"]
-        cands = _read_json(os.path.join(folder, "candidates.json"))
-        dets = _read_json(os.path.join(folder, "detections.json"))
+        case_ids = read_froc_json(os.path.join(folder, "froc.json"))["case_ids"]
+        cands = load_candidates_json(os.path.join(folder, "candidates.json"))
+        dets = read_froc_json(os.path.join(folder, "detections.json"))
         for cid in case_ids:
             if cid not in lesions_by_case:
                 fail(f"{folder}: case {cid} is not in the phantom's ground truth")
@@ -87,7 +80,14 @@ def run_counts(folders, lesions_by_case, min_score):
 
 def main(argv=None):
     args = parse_args(argv)
-    phantom = _read_json(args.phantom)
+    try:
+        return _main(args)
+    except FROCInputError as e:
+        fail(str(e))
+
+
+def _main(args):
+    phantom = read_froc_json(args.phantom)
     lesions_by_case = {c["case_id"]: c["lesions"] for c in phantom["cases"]}
     rows = []
     for spec in args.run:
