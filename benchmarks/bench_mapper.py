@@ -19,7 +19,7 @@ steps masking adds, one by one, on the same slices.
 Examples::
 
     python benchmarks/bench_mapper.py                       # 160 and 320 px, demo config
-    python benchmarks/bench_mapper.py --sizes 320:16 \
+    python benchmarks/bench_mapper.py --sizes 320:16 \\
         --config-file configs/frcnn_r101.yaml               # the study's resize to 640 px
     python benchmarks/bench_mapper.py --data OUT            # an existing converted cohort
     PYTHONPATH=DIR python benchmarks/bench_mapper.py --mapper my_module:MyMapper

@@ -14,8 +14,8 @@ markdown table (also in ``--cv-out/eval/``).
 
 Examples:
     python benchmarks/bench_segmentation.py --sizes 320 256 --threads 2 --batch 8
-    python benchmarks/bench_segmentation.py --skip-throughput --cv-data output/demo/coco \
-        --cv-out output/cv --parallel --epochs 24 --lr 0.05 --input-size 128 \
+    python benchmarks/bench_segmentation.py --skip-throughput --cv-data output/demo/coco \\
+        --cv-out output/cv --parallel --epochs 24 --lr 0.05 --input-size 128 \\
         --encoder resnet18 --decoder-channels 64,32,16,16,8 --val-stride 4 --val-every 8
 """
 import argparse

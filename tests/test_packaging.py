@@ -1,4 +1,6 @@
 """The package declares its dependencies from requirements/*.txt and needs detectron2."""
+import ast
+import glob
 import os
 import re
 import subprocess
@@ -48,3 +50,16 @@ def test_import_without_detectron2_is_one_clear_line():
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: breast_d2 needs detectron2") and "make env" in last
+
+
+def test_help_examples_keep_their_line_breaks():
+    # A single backslash at the end of a line inside a plain (non-raw) docstring joins the lines,
+    # so --help would print a multi-line example as one line with a run of spaces in it.
+    broken = []
+    for path in sorted(glob.glob(os.path.join(REPO, "tools", "*.py"))
+                       + glob.glob(os.path.join(REPO, "benchmarks", "*.py"))):  # fmt: skip
+        with open(path, encoding="utf-8") as f:
+            doc = ast.get_docstring(ast.parse(f.read()), clean=False) or ""
+        broken += [f"{os.path.basename(path)}: {line.strip()[:60]}"
+                   for line in doc.splitlines() if re.search(r"\S {4,}--\w", line)]  # fmt: skip
+    assert not broken, broken

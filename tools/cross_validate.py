@@ -18,7 +18,7 @@ side by side with one thread each (faster on a 2-core CPU; on one GPU keep the d
 
 On a SLURM cluster, each fold's chain is one job (submitit), with the report after them:
 
-    python tools/cross_validate.py --config-file configs/frcnn_r101.yaml --data D \
+    python tools/cross_validate.py --config-file configs/frcnn_r101.yaml --data D \\
         --launcher slurm --partition gpu --gpus-per-fold 4 [--nodes 2] [--timeout 1440]
 
 This command waits for the fold jobs (keep it running, e.g. in tmux), then writes the report

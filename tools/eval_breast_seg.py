@@ -13,7 +13,7 @@ study's per-fold tables) and prints the markdown.
 holding model_last.pth / model_best.pth. NAME "unet"/"unetplusplus" is shown as U-Net/U-Net++.
 
 Example:
-    python tools/eval_breast_seg.py --data datasets/phantom_coco --out output/seg/eval \
+    python tools/eval_breast_seg.py --data datasets/phantom_coco --out output/seg/eval \\
         --run unet=output/seg/unet --run unetplusplus=output/seg/unetplusplus
 """
 import argparse

@@ -28,7 +28,7 @@ from the converted PNGs, see :mod:`breast_d2.evaluation.refine`; writes DIR/<fol
 froc.json, froc.csv, froc.png, candidates.json, DIR/refine.json, refine.md and the cross-fold
 froc_folds.*; prints the saved vs refined CPM per fold)::
 
-    python tools/froc.py --detections OUT/masked/detector/fold*/inference/breast_fold*_val \
+    python tools/froc.py --detections OUT/masked/detector/fold*/inference/breast_fold*_val \\
         --refine-extent [DATA_ROOT] --out OUT/masked/refine_extent
 
 DATA_ROOT: the converted folder (default: the folder of each froc.json's recorded cases.json).

@@ -2,9 +2,9 @@
 """
 Detect breast masses in a new DCE-MRI case.
 
-    python tools/predict.py --config-file configs/frcnn_cpu_demo.yaml \
-        --weights output/demo/det_masked/fold0/model_final.pth \
-        --seg-weights output/demo/seg/unetplusplus_fold0/model_best.pth \
+    python tools/predict.py --config-file configs/frcnn_cpu_demo.yaml \\
+        --weights output/demo/det_masked/fold0/model_final.pth \\
+        --seg-weights output/demo/seg/unetplusplus_fold0/model_best.pth \\
         --images path/to/IMAGES/CASE_ID --out output/predict/CASE_ID
 
 --images is a case folder (NIfTI phases CASE_0000.nii.gz, CASE_0001.nii.gz, ... or one DICOM

@@ -13,7 +13,7 @@ a training case has one. --all-unseen also writes masks for the cases of cases.j
 fold's splits (a held-out test set) that the checkpoint did not train on.
 
 Example:
-    python tools/predict_breast_masks.py --data datasets/phantom_coco --fold 0 \
+    python tools/predict_breast_masks.py --data datasets/phantom_coco --fold 0 \\
         --weights output/seg/unetplusplus/fold0/model_last.pth
 """
 import argparse

@@ -2,7 +2,7 @@
 """Train a breast-region U-Net++ (deep supervision, BCE + Dice) or U-Net (BCE) on one fold.
 
 Example:
-    python tools/train_breast_seg.py --data datasets/phantom_coco --fold 0 --arch unetplusplus \
+    python tools/train_breast_seg.py --data datasets/phantom_coco --fold 0 --arch unetplusplus \\
         --out output/seg/unetplusplus/fold0
 """
 import argparse

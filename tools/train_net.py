@@ -3,7 +3,7 @@
 Train or evaluate the breast mass detector (Faster R-CNN) on one patient-level fold.
 
     python tools/train_net.py --config-file configs/frcnn_r101.yaml --fold 0
-    python tools/train_net.py --config-file configs/frcnn_r101.yaml --fold 0 \
+    python tools/train_net.py --config-file configs/frcnn_r101.yaml --fold 0 \\
         --eval-only MODEL.WEIGHTS output/frcnn_r101/fold0/model_final.pth
 
 Training reads the fold's training slices that contain a mass, masked to the breast region by
