@@ -14,17 +14,15 @@ interval of a paired case-level bootstrap (``--bootstrap`` resamples, seed 0; th
 for both runs, as ``tools/froc.py --compare``).
 """
 import argparse
-import glob
-import json
 import os
 import sys
 
 import numpy as np
 
-from breast_d2.cli import OneLineErrorParser, fail
+from breast_d2.cli import OneLineErrorParser, fail, glob_folders_with, parse_named_specs
 from breast_d2.evaluation.compare import compare_froc
 from breast_d2.evaluation.froc import FROCInputError, load_cases_json, subset_cases
-from breast_d2.evaluation.io import load_candidates_json
+from breast_d2.evaluation.io import load_candidates_json, read_froc_json
 from breast_d2.evaluation.tables import format_mean_sd, markdown_table
 from breast_d2.fileio import write_atomic
 
@@ -41,13 +39,9 @@ def parse_args(argv=None):
 
 def load_run(pattern):
     """``(fold froc.json dicts, pooled candidates, evaluated case ids)`` of one configuration."""
-    dirs = sorted(d for d in glob.glob(pattern) if os.path.isfile(os.path.join(d, "froc.json")))
-    if not dirs:
-        raise FROCInputError(f"{pattern}: no folder with froc.json")
     frocs, cands, case_ids = [], [], []
-    for d in dirs:
-        with open(os.path.join(d, "froc.json")) as f:
-            frocs.append(json.load(f))
+    for d in glob_folders_with(pattern, "froc.json"):
+        frocs.append(read_froc_json(os.path.join(d, "froc.json")))
         cands += load_candidates_json(os.path.join(d, "candidates.json"))
         case_ids += frocs[-1]["case_ids"]
     if len(set(case_ids)) != len(case_ids):
@@ -71,12 +65,7 @@ def row(name, frocs, diff):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    runs = []
-    for spec in args.run:
-        if "=" not in spec:
-            fail(f"--run {spec!r}: expected NAME=GLOB")
-        name, pattern = spec.split("=", 1)
-        runs.append((name, pattern))
+    runs = parse_named_specs(args.run, "GLOB")
     try:
         all_cases = load_cases_json(args.ground_truth)
         loaded = [(name, *load_run(pattern)) for name, pattern in runs]

@@ -13,14 +13,13 @@ by 3D IoU > 0.5 at any score (merging and box fit kept it). A mass that is not s
 miss, which no post-processing can repair. ``--list`` also names every mass not seen.
 """
 import argparse
-import glob
 import os
 import sys
 from collections import defaultdict
 
 import numpy as np
 
-from breast_d2.cli import OneLineErrorParser, fail
+from breast_d2.cli import OneLineErrorParser, fail, glob_folders_with, parse_named_specs
 from breast_d2.evaluation.froc import FROCInputError
 from breast_d2.evaluation.io import load_candidates_json, read_froc_json
 from breast_d2.evaluation.matching import box_iou3d
@@ -90,11 +89,8 @@ def _main(args):
     phantom = read_froc_json(args.phantom)
     lesions_by_case = {c["case_id"]: c["lesions"] for c in phantom["cases"]}
     rows = []
-    for spec in args.run:
-        name, sep, pattern = spec.partition("=")
-        folders = sorted(glob.glob(pattern))
-        if not sep or not folders:
-            fail(f"--run {spec!r}: expected NAME=GLOB matching fold evaluation folders")
+    for name, pattern in parse_named_specs(args.run, "GLOB"):
+        folders = glob_folders_with(pattern, "froc.json")
         counts, not_seen = run_counts(folders, lesions_by_case, args.min_score)
         for curve in sorted(counts):
             n, seen, hit = counts[curve]

@@ -9,7 +9,9 @@ work as in every detectron2 project; its ``cli(argv)`` turns bad input into one 
 import argparse
 import logging
 import sys
-from typing import NoReturn
+import glob
+import os
+from typing import List, NoReturn, Tuple
 
 __all__ = ["OneLineErrorParser", "fail", "setup_tool_logging"]
 
@@ -47,3 +49,23 @@ def setup_tool_logging(level: int = logging.INFO, name: str = "breast_d2") -> lo
         ):
             handler.setLevel(level)
     return logger
+
+
+def parse_named_specs(specs: List[str], what: str = "PATH") -> List[Tuple[str, str]]:
+    """``[(NAME, VALUE)]`` of repeated ``--run NAME=VALUE`` options, in order; ``fail`` on a spec
+    without a name or a value (``what`` names the value in the message, e.g. ``"GLOB"``)."""
+    runs = []
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value:
+            fail(f"--run must be NAME={what}, got {spec!r}")
+        runs.append((name, value))
+    return runs
+
+
+def glob_folders_with(pattern: str, filename: str) -> List[str]:
+    """Sorted folders matching the glob ``pattern`` that hold ``filename``; ``fail`` when none."""
+    folders = sorted(d for d in glob.glob(pattern) if os.path.isfile(os.path.join(d, filename)))
+    if not folders:
+        fail(f"{pattern}: no folder with {filename}")
+    return folders

@@ -70,7 +70,10 @@ def test_main_prints_the_table_and_names_a_bad_glob(run_folder, capsys):
     assert "x: not seen B type I" in out and "| x     | III" in out
     with pytest.raises(SystemExit):
         tool.main(["--phantom", phantom, "--run", f"x={run_folder}/nothing*"])
-    assert "expected NAME=GLOB" in capsys.readouterr().err
+    assert "nothing*: no folder with froc.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main(["--phantom", phantom, "--run", f"{run_folder}/fold*"])
+    assert "--run must be NAME=GLOB" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tool.main(["--phantom", str(run_folder / "missing.json"), "--run", f"x={run_folder}/fold*"])
     assert "missing.json" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from tqdm import tqdm
 
-from breast_d2.cli import OneLineErrorParser, fail, setup_tool_logging
+from breast_d2.cli import OneLineErrorParser, fail, parse_named_specs, setup_tool_logging
 from breast_d2.data.converted import (
     check_converted_folder,
     fold_case_ids,
@@ -84,17 +84,6 @@ def resolve_checkpoint(path: str, fold: int, which: str) -> str:
     return path
 
 
-def _parse_runs(specs: List[str]) -> List[Tuple[str, str]]:
-    """``[(NAME, PATH)]`` of the --run NAME=PATH options."""
-    runs = []
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            fail(f"--run must be NAME=PATH, got {spec!r}")
-        runs.append((name, path))
-    return runs
-
-
 def check_args(args: argparse.Namespace) -> Tuple[List[Tuple[str, str]], Dict[int, List[str]]]:
     """Refuse a folder that is not converted, bad --run specs, a bad splits.json, an unknown
     fold and an unwritable --out (one error line each).
@@ -107,7 +96,7 @@ def check_args(args: argparse.Namespace) -> Tuple[List[Tuple[str, str]], Dict[in
         check_converted_folder(args.data)
     except ValueError as e:  # CohortError
         fail(str(e))
-    runs = _parse_runs(args.run)
+    runs = parse_named_specs(args.run)
     splits_json = os.path.join(args.data, "splits.json")
     try:
         splits = read_splits(splits_json)
