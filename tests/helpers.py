@@ -55,19 +55,19 @@ QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
 # ---------------------------------------------------------------------------------------------
 # Tools
 # ---------------------------------------------------------------------------------------------
-def tool_path(name: str) -> str:
-    """Path of ``tools/<name>.py`` in this repository."""
-    return os.path.join(REPO, "tools", f"{name}.py")
+def tool_path(name: str, folder: str = "tools") -> str:
+    """Path of ``<folder>/<name>.py`` in this repository (``folder``: tools or benchmarks)."""
+    return os.path.join(REPO, folder, f"{name}.py")
 
 
-def load_tool(name: str) -> ModuleType:
-    """Import ``tools/<name>.py`` as a fresh module (module name ``tool_<name>``).
+def load_tool(name: str, folder: str = "tools") -> ModuleType:
+    """Import ``<folder>/<name>.py`` as a fresh module (module name ``tool_<name>``).
 
     Running a tool's ``main`` in the test process saves the seconds a new process spends
     importing torch and detectron2. Each call executes the file again, so module-level state
     never leaks from one test to the next; the module is not added to ``sys.modules``.
     """
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", tool_path(name))
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", tool_path(name, folder))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

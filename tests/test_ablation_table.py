@@ -1,19 +1,12 @@
 """benchmarks/ablation_table.py: one row per run, the paired CPM difference against the first."""
-import importlib.util
 import json
-import os
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import load_tool
 
 
 def _load():
-    path = os.path.join(REPO, "benchmarks", "ablation_table.py")
-    spec = importlib.util.spec_from_file_location("ablation_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("ablation_table", "benchmarks")
 
 
 def _write(path, obj):

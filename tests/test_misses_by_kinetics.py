@@ -1,19 +1,13 @@
 """benchmarks/misses_by_kinetics.py: detector misses and box misses by curve type."""
-import importlib.util
 import json
 import os
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import load_tool
 
 
 def _load():
-    path = os.path.join(REPO, "benchmarks", "misses_by_kinetics.py")
-    spec = importlib.util.spec_from_file_location("misses_by_kinetics", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("misses_by_kinetics", "benchmarks")
 
 
 def _lesion(curve, box):
