@@ -1,9 +1,10 @@
 """breast_d2.data.phantom.measure and tools/phantom_stats.py: the cohort against its anchors."""
+import dataclasses
 import json
 
 import pytest
 
-from breast_d2.data.phantom.measure import Anchor, measure_cohort, wilson_interval
+from breast_d2.data.phantom.measure import Anchor, measure_cohort, table_rows, wilson_interval
 from helpers import load_tool
 
 
@@ -52,3 +53,20 @@ def test_tool_check_exit_codes(tmp_path, capsys):
         tool.main(["--phantom", str(tmp_path / "missing")])
     assert e.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_proportion_of_a_published_sample_is_compared_with_its_interval():
+    # 35 of 80 masses against "57.4 % of 101": the point 0.574 lies above the cohort's interval
+    # (0.33-0.55), the published sample's own interval (58/101: 0.48-0.67) does not.
+    records = [_record([(12, 11, 9)] * 35)] + [_record([(12, 11, 9)] * 45)]
+    share = lambda recs: (len(recs[0]["lesions"]), sum(len(r["lesions"]) for r in recs))  # noqa: E731
+    point = Anchor("type III", "57.4 % of 101", "test", 0.574, 0.574, "proportion", share)
+    (m,) = measure_cohort(records, [point])
+    assert m.summary.startswith("35/80 = 0.44 (95 % CI 0.33-0.55)") and m.inside is False
+    sample = dataclasses.replace(point, published_n=101)
+    assert sample.published_range() == pytest.approx((0.4768, 0.6662), abs=1e-4)
+    assert point.published_range() == (0.574, 0.574)
+    (m,) = measure_cohort(records, [sample])
+    assert m.inside is True
+    (cells,) = table_rows([m])
+    assert cells[1] == "57.4 % of 101 [95 % CI 0.48-0.67] (test)"

@@ -12,7 +12,9 @@ Two kinds of check:
   breast of a BPE category) lies inside ``[lo, hi]``;
 - ``"proportion"``: a count over the cohort (e.g. cases with motion) is compatible with a
   published proportion ``p`` in ``[lo, hi]``: the measured proportion's 95 % Wilson interval
-  overlaps ``[lo, hi]`` (a small cohort cannot hit a prevalence exactly).
+  overlaps ``[lo, hi]`` (a small cohort cannot hit a prevalence exactly). A proportion published
+  as one figure of ``published_n`` cases (e.g. "57.4 % of 101") is itself a sample: its range is
+  widened to its own 95 % Wilson interval (:meth:`Anchor.published_range`).
 """
 
 import logging
@@ -40,6 +42,8 @@ class Anchor:
             returns ``(successes, trials)``).
         values: ``records -> list of floats`` (range) or ``(k, n)`` (proportion).
         unit: unit of the values, for the table.
+        published_n: for a proportion measured in a published sample, that sample's size (0: the
+            range is exact, e.g. a definition or a range over several studies).
     """
 
     feature: str
@@ -50,6 +54,16 @@ class Anchor:
     kind: str
     values: Callable[[Records], Any]
     unit: str = ""
+    published_n: int = 0
+
+    def published_range(self) -> Tuple[float, float]:
+        """``(lo, hi)`` the measured figure must respect: ``[lo, hi]``, or for a proportion of a
+        published sample of ``published_n``, from the lower end of ``lo``'s 95 % Wilson interval
+        to the upper end of ``hi``'s."""
+        if self.kind != "proportion" or not self.published_n:
+            return self.lo, self.hi
+        n = self.published_n
+        return wilson_interval(round(self.lo * n), n)[0], wilson_interval(round(self.hi * n), n)[1]
 
 
 @dataclass
@@ -202,15 +216,15 @@ for _cat, (_lo, _hi) in _BPE_PREVALENCE.items():
         _lo, _hi, "proportion", _bpe_prevalence(_cat)))
 ANCHORS += [
     Anchor("benign share of masses", "156/552 = 28 %", _JANSEN_JMRI, 0.283, 0.283, "proportion",
-           _mass_share("benign", True, None)),
+           _mass_share("benign", True, None), published_n=552),
     Anchor("malignant masses: type III (wash-out)", "57.4 % of 101", _KUHL, 0.574, 0.574,
-           "proportion", _mass_share("curve_type", "III", False)),
+           "proportion", _mass_share("curve_type", "III", False), published_n=101),
     Anchor("malignant masses: type II (plateau)", "33.6 % of 101", _KUHL, 0.336, 0.336,
-           "proportion", _mass_share("curve_type", "II", False)),
+           "proportion", _mass_share("curve_type", "II", False), published_n=101),
     Anchor("benign masses: type I (persistent)", "83.0 % of 165", _KUHL, 0.83, 0.83,
-           "proportion", _mass_share("curve_type", "I", True)),
+           "proportion", _mass_share("curve_type", "I", True), published_n=165),
     Anchor("malignant masses: spiculated margin", "43 % of 49", _MARGINS, 0.43, 0.43,
-           "proportion", _mass_share("margin", "spiculated", False)),
+           "proportion", _mass_share("margin", "spiculated", False), published_n=49),
     Anchor("focus: longest extent", "< 5 mm", "ACR BI-RADS Atlas 2013 (MRI lexicon)", 0.0, 5.0,
            "range", _finding_sizes("focus"), "mm"),
     Anchor("cases with motion between pre and post 1", "18-35 % of examinations", _MOTION, 0.18,
@@ -263,10 +277,19 @@ def measure_cohort(records: Records, anchors: Sequence[Anchor] = ()) -> List[Mea
                 continue
             lo, hi = wilson_interval(k, n)
             summary = f"{k}/{n} = {k / n:.2f} (95 % CI {lo:.2f}-{hi:.2f})"
-            rows.append(Measured(anchor, summary, n, lo <= anchor.hi and anchor.lo <= hi))
+            pub_lo, pub_hi = anchor.published_range()
+            rows.append(Measured(anchor, summary, n, lo <= pub_hi and pub_lo <= hi))
         else:
             raise ValueError(f"anchor {anchor.feature!r}: unknown kind {anchor.kind!r}")
     return rows
+
+
+def _published_interval(anchor: Anchor) -> str:
+    """`` [95 % CI lo-hi]`` of a proportion of a published sample, else ``""``."""
+    if anchor.kind != "proportion" or not anchor.published_n:
+        return ""
+    lo, hi = anchor.published_range()
+    return f" [95 % CI {lo:.2f}-{hi:.2f}]"
 
 
 def table_rows(measured: Sequence[Measured]) -> List[List[str]]:
@@ -275,7 +298,7 @@ def table_rows(measured: Sequence[Measured]) -> List[List[str]]:
     return [
         [
             m.anchor.feature,
-            f"{m.anchor.published} ({m.anchor.source})",
+            f"{m.anchor.published}{_published_interval(m.anchor)} ({m.anchor.source})",
             m.summary + (f" {m.anchor.unit}" if m.anchor.unit and m.n else ""),
             str(m.n),
             flag[m.inside],
