@@ -7,13 +7,15 @@ code), and :func:`setup_tool_logging` for its console output. The one exception 
 work as in every detectron2 project; its ``cli(argv)`` turns bad input into one line.
 """
 import argparse
-import logging
-import sys
 import glob
+import logging
 import os
+import sys
 from typing import List, NoReturn, Tuple
 
-__all__ = ["OneLineErrorParser", "fail", "setup_tool_logging"]
+__all__ = [
+    "OneLineErrorParser", "fail", "glob_folders_with", "parse_named_specs", "setup_tool_logging"
+]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
