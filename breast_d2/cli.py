@@ -66,8 +66,15 @@ def parse_named_specs(specs: List[str], what: str = "PATH") -> List[Tuple[str, s
 
 
 def glob_folders_with(pattern: str, filename: str) -> List[str]:
-    """Sorted folders matching the glob ``pattern`` that hold ``filename``; ``fail`` when none."""
-    folders = sorted(d for d in glob.glob(pattern) if os.path.isfile(os.path.join(d, filename)))
+    """Sorted folders matching the glob ``pattern`` that hold ``filename``; ``fail`` when none.
+    Each match without ``filename`` is named in a warning, never left out silently."""
+    folders = []
+    for path in sorted(glob.glob(pattern)):
+        if os.path.isfile(os.path.join(path, filename)):
+            folders.append(path)
+        else:
+            logging.getLogger(__name__).warning("%s: no %s, left out of %s", path, filename,
+                                                pattern)  # fmt: skip
     if not folders:
         fail(f"{pattern}: no folder with {filename}")
     return folders

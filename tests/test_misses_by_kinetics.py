@@ -71,3 +71,10 @@ def test_main_prints_the_table_and_names_a_bad_glob(run_folder, capsys):
     with pytest.raises(SystemExit):
         tool.main(["--phantom", str(run_folder / "missing.json"), "--run", f"x={run_folder}/fold*"])
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_a_matched_folder_without_froc_json_is_named(run_folder, capsys, caplog):
+    (run_folder / "fold9").mkdir()  # matched by the glob, holds nothing
+    _load().main(["--phantom", str(run_folder / "phantom.json"), "--run", f"x={run_folder}/fold*"])
+    assert "| x     | III" in capsys.readouterr().out
+    assert f"{run_folder / 'fold9'}: no froc.json, left out of {run_folder}/fold*" in caplog.text
