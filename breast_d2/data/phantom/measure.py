@@ -56,11 +56,16 @@ class Anchor:
     unit: str = ""
     published_n: int = 0
 
+    @property
+    def from_published_sample(self) -> bool:
+        """A proportion measured in one published sample (``published_n`` > 0)."""
+        return self.kind == "proportion" and self.published_n > 0
+
     def published_range(self) -> Tuple[float, float]:
         """``(lo, hi)`` the measured figure must respect: ``[lo, hi]``, or for a proportion of a
         published sample of ``published_n``, from the lower end of ``lo``'s 95 % Wilson interval
         to the upper end of ``hi``'s."""
-        if self.kind != "proportion" or not self.published_n:
+        if not self.from_published_sample:
             return self.lo, self.hi
         n = self.published_n
         return wilson_interval(round(self.lo * n), n)[0], wilson_interval(round(self.hi * n), n)[1]
@@ -286,7 +291,7 @@ def measure_cohort(records: Records, anchors: Sequence[Anchor] = ()) -> List[Mea
 
 def _published_interval(anchor: Anchor) -> str:
     """`` [95 % CI lo-hi]`` of a proportion of a published sample, else ``""``."""
-    if anchor.kind != "proportion" or not anchor.published_n:
+    if not anchor.from_published_sample:
         return ""
     lo, hi = anchor.published_range()
     return f" [95 % CI {lo:.2f}-{hi:.2f}]"
