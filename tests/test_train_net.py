@@ -300,3 +300,81 @@ def test_job_cli_turns_a_failed_step_into_one_line(capsys):
         run_job_cli(failing_job)
     assert e.value.code == 1
     assert capsys.readouterr().err == "error: step 'x' failed (exit 3): cmd\n"
+
+
+def _traced_model(trained, *opts):
+    from detectron2.modeling import build_model
+
+    from breast_d2.engine import BreastCheckpointer, configure_fold, load_breast_config
+
+    cfg = load_breast_config(QUICK, [*trained["opts"], *opts])
+    configure_fold(cfg, 0, trained["data"])
+    model = build_model(cfg).eval()
+    BreastCheckpointer(model).load(os.path.join(trained["out"], "fold0", "model_final.pth"))
+    return cfg, model
+
+
+def test_trace_boxes_agrees_with_the_models_own_detections(trained):
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import Boxes, pairwise_iou
+
+    from breast_d2.data.mapper import BreastMaskDatasetMapper
+    from breast_d2.modeling.introspect import trace_boxes
+
+    # Every box the head keeps (score threshold 0), so the model returns detections to trace.
+    cfg, model = _traced_model(trained, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    d = next(d for d in DatasetCatalog.get(cfg.DATASETS.TEST[0]) if d["annotations"])
+    image_input = BreastMaskDatasetMapper(cfg, is_train=False)(dict(d))
+    with torch.no_grad():  # the model's own forward pass, in the input's frame
+        inst = model([{"image": image_input["image"]}])[0]["instances"]
+    assert len(inst) > 0
+    boxes = torch.cat([inst.pred_boxes.tensor[:6], torch.tensor([[0.0, 0.0, 1.0, 1.0]])])
+    traces = trace_boxes(model, image_input, boxes)
+    iou = pairwise_iou(Boxes(boxes), inst.pred_boxes)
+    for i, t in enumerate(traces):
+        hits = iou[i] >= 0.5
+        expected = float(inst.scores[hits].max()) if hits.any() else None
+        if expected is None:
+            assert t["detection_score"] is None
+        else:
+            assert t["detection_score"] == pytest.approx(expected, abs=1e-5)
+        assert 0 < t["proposals"] and 1 <= t["best_rank"] <= t["proposals"]
+        assert 0.0 <= t["best_iou"] <= 1.0 and 0.0 <= t["best_head_score"] <= 1.0
+        assert (t["matched_head_score"] is None) == (t["matched_proposals"] == 0)
+    assert traces[-1]["detection_score"] is None  # a 1-pixel box in the corner matches nothing
+    model.train()
+    with pytest.raises(ValueError, match="eval"):
+        trace_boxes(model, image_input, boxes)
+
+
+def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, capsys):
+    explain_misses = load_tool("explain_misses", "benchmarks")
+    found = {"detection_score": 0.7, "matched_proposals": 1}
+    low = {"detection_score": 0.3, "matched_proposals": 2}
+    unproposed = {"detection_score": None, "matched_proposals": 0}
+    assert explain_misses.verdict([unproposed, found], 0.5) == "found"
+    assert explain_misses.verdict([low, unproposed], 0.5) == "box head"
+    assert explain_misses.verdict([unproposed, unproposed], 0.5) == "RPN"
+    with open(os.path.join(trained["data"], "splits.json")) as f:
+        folds = json.load(f)["folds"][0]
+    with open(os.path.join(trained["data"], "fold0_val.json")) as f:
+        coco = json.load(f)
+    case_of_image = {im["id"]: im["case_id"] for im in coco["images"]}
+    masses = {(case_of_image[a["image_id"]], a["lesion_index"]) for a in coco["annotations"]}
+    case_id = sorted(masses)[0][0]
+    weights = os.path.join(trained["out"], "fold0", "model_final.pth")
+    base = ["--config-file", QUICK, "--weights", weights, "--data", trained["data"], "--fold", "0"]
+    # A test-time resize (96 -> 144 px): the masses' boxes are scaled into the input's frame.
+    opts = [*trained["opts"], "INPUT.MIN_SIZE_TEST", "144", "INPUT.MAX_SIZE_TEST", "144"]
+    assert explain_misses.main([*base, "--case", case_id, *opts]) == 0
+    out = capsys.readouterr().out
+    verdicts = [line for line in out.splitlines() if line.startswith(f"| {case_id} ")
+                and line.rstrip(" |").split("|")[-1].strip() in ("found", "box head", "RPN")]
+    assert len(verdicts) == sum(c == case_id for c, _ in masses)
+    for bad, why in ((folds["train"][0], "not a validation case of fold 0"),
+                     ("NOPE", "case NOPE is not a validation case")):
+        with pytest.raises(SystemExit) as e:
+            explain_misses.main([*base, "--case", bad, *trained["opts"]])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert why in err and len(err.splitlines()) == 1

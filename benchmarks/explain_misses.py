@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""Why a trained detector finds or misses each mass of some validation cases, stage by stage.
+
+    python benchmarks/explain_misses.py \\
+        --config-file output/demo/det_masked/fold0/config.yaml \\
+        --weights output/demo/det_masked/fold0/model_final.pth \\
+        --data output/demo/coco --fold 0 --case PH0039 [--case ...]
+
+Every slice of the cases that holds a mass goes through the same test mapper as ``--eval-only``
+(breast masking included) and through the model once. For each mass and slice it prints what
+the region proposal network proposed over the mass's box (the best proposal's IoU, its rank by
+objectness among the image's proposals), what the box head scored that proposal (foreground
+probability), and the best final detection at IoU >= 0.5. One verdict per mass follows:
+
+  found       a final detection at IoU >= 0.5 scores >= --min-score on some slice;
+  box head    a proposal reaches IoU >= 0.5 on some slice, but no detection scores
+              >= --min-score there (the head rejected it, or regression moved it off);
+  RPN         no proposal reaches IoU >= 0.5 on any slice.
+
+Masses are the converted cohort's per-slice annotations (``lesion_index``); boxes are in pixels
+of the test-time input (the config's resize). Plain two-stage models only (not the cascade).
+"""
+import argparse
+import logging
+import os
+import sys
+from collections import defaultdict
+
+import torch
+
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+from detectron2.structures import BoxMode
+
+from breast_d2.cli import OneLineErrorParser, fail, setup_tool_logging
+from breast_d2.data.datasets import dataset_name
+from breast_d2.data.errors import CohortError
+from breast_d2.data.mapper import BreastMaskDatasetMapper
+from breast_d2.engine import (
+    BreastCheckpointer,
+    CheckpointError,
+    ConfigError,
+    configure_fold,
+    load_breast_config,
+)
+from breast_d2.evaluation.tables import format_cell, markdown_table
+from breast_d2.modeling.introspect import trace_boxes
+
+MATCH_IOU = 0.5
+
+
+def parse_args(argv=None):
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config-file", required=True, help="the run's config (e.g. its config.yaml)")
+    p.add_argument("--weights", required=True, help="the trained detector (.pth)")
+    p.add_argument("--data", required=True, help="converted cohort folder")
+    p.add_argument("--fold", type=int, required=True, help="the fold whose validation cases to use")
+    p.add_argument("--case", action="append", required=True, metavar="CASE_ID",
+                   help="a validation case of the fold (repeatable)")
+    p.add_argument("--min-score", type=float, default=0.5,
+                   help="detection score that counts as found")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    return p.parse_args(argv)
+
+
+def mass_slices(dicts, case_ids):
+    """``{case_id: [(dataset_dict, [(lesion_index, box_xyxy)])]}`` for the slices with a mass."""
+    out = defaultdict(list)
+    for d in dicts:
+        if d["case_id"] in case_ids and d.get("annotations"):
+            boxes = [
+                (a.get("lesion_index", k),
+                 BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS))
+                for k, a in enumerate(d["annotations"])
+            ]  # fmt: skip
+            out[d["case_id"]].append((d, boxes))
+    return out
+
+
+def verdict(traces, min_score):
+    """found / box head / RPN from one mass's per-slice traces (see the module docstring)."""
+    if any((t["detection_score"] or 0.0) >= min_score for t in traces):
+        return "found"
+    if any(t["matched_proposals"] for t in traces):
+        return "box head"
+    return "RPN"
+
+
+def explain(model, mapper, slices_by_case, min_score):
+    """Per-slice rows and per-mass verdict rows (formatted cells)."""
+    slice_rows, mass_rows = [], []
+    for case_id in sorted(slices_by_case):
+        by_mass = defaultdict(list)
+        for d, boxes in sorted(slices_by_case[case_id], key=lambda item: item[0]["slice_index"]):
+            image_input = mapper(dict(d))
+            scale_x = image_input["image"].shape[2] / d["width"]
+            scale_y = image_input["image"].shape[1] / d["height"]
+            scale = torch.tensor([scale_x, scale_y, scale_x, scale_y])
+            gt = torch.tensor([b for _, b in boxes], dtype=torch.float32) * scale
+            for (lesion, box), t in zip(boxes, trace_boxes(model, image_input, gt, MATCH_IOU)):
+                by_mass[lesion].append(t)
+                slice_rows.append([
+                    case_id, lesion, d["slice_index"],
+                    f"{box[2] - box[0]:.0f} x {box[3] - box[1]:.0f}",
+                    format_cell(t["best_iou"], 2),
+                    f"{t['best_rank']} / {t['proposals']}" if t["best_rank"] else "none",
+                    format_cell(t["best_objectness"], 2), format_cell(t["best_head_score"]),
+                    t["matched_proposals"], format_cell(t["matched_head_score"]),
+                    format_cell(t["detection_score"]),
+                ])  # fmt: skip
+        for lesion, traces in sorted(by_mass.items()):
+            best_det = max((t["detection_score"] or 0.0) for t in traces)
+            mass_rows.append([
+                case_id, lesion, len(traces), format_cell(max(t["best_iou"] for t in traces), 2),
+                sum(bool(t["matched_proposals"]) for t in traces), format_cell(best_det),
+                verdict(traces, min_score),
+            ])  # fmt: skip
+    slice_rows.sort(key=lambda row: tuple(row[:3]))  # case, mass, slice
+    return slice_rows, mass_rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup_tool_logging(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    try:
+        return _main(args)
+    except (ConfigError, CheckpointError, CohortError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+
+
+def _main(args):
+    if not os.path.isfile(args.weights):
+        raise FileNotFoundError(f"{args.weights}: detector weights not found")
+    cfg = load_breast_config(args.config_file, args.opts)
+    cfg.MODEL.DEVICE = "cpu"
+    configure_fold(cfg, args.fold, args.data)
+    dicts = DatasetCatalog.get(dataset_name(args.fold, "val"))
+    val_cases = {d["case_id"] for d in dicts}
+    for case_id in args.case:
+        if case_id not in val_cases:
+            raise ValueError(f"case {case_id} is not a validation case of fold {args.fold} "
+                             f"in {args.data}")
+    slices_by_case = mass_slices(dicts, set(args.case))
+    for case_id in args.case:
+        if case_id not in slices_by_case:
+            raise ValueError(f"case {case_id} has no annotated mass in {args.data}")
+    model = build_model(cfg).eval()
+    BreastCheckpointer(model).load(args.weights)  # no code from the file runs
+    mapper = BreastMaskDatasetMapper(cfg, is_train=False)
+    slice_rows, mass_rows = explain(model, mapper, slices_by_case, args.min_score)
+    print(markdown_table(
+        ["case", "mass", "slice", "box (px)", "best proposal IoU", "its rank", "objectness",
+         "head score", f"proposals IoU >= {MATCH_IOU}", "their best head score",
+         f"detection IoU >= {MATCH_IOU}"],
+        slice_rows,
+    ))  # fmt: skip
+    print()
+    print(markdown_table(
+        ["case", "mass", "slices", "best proposal IoU",
+         f"slices with a proposal IoU >= {MATCH_IOU}", "best detection score",
+         f"verdict (min score {args.min_score})"],
+        mass_rows,
+    ))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

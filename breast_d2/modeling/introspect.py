@@ -1,0 +1,106 @@
+"""Why a detector missed a box: what its RPN proposed there and what its box head made of it.
+
+A slice detector can miss a mass at two stages of Faster R-CNN. The region proposal network may
+never propose a box over it (no proposal overlaps it), or it proposes one that the box head
+scores as background. :func:`trace_boxes` runs one image through the model's stages once and
+reports, for each given box, what each stage did with it. ``benchmarks/explain_misses.py``
+prints these per mass and slice of a converted cohort.
+
+Works with detectron2's ``GeneralizedRCNN`` and ``StandardROIHeads`` (the study's Faster R-CNN);
+``CascadeROIHeads`` has a box head per stage and is refused.
+"""
+import logging
+from typing import Dict, List
+
+import torch
+
+from detectron2.modeling.roi_heads import CascadeROIHeads
+from detectron2.structures import Boxes, pairwise_iou
+
+__all__ = ["trace_boxes"]
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def trace_boxes(
+    model, image_input: Dict, boxes_xyxy: torch.Tensor, match_iou: float = 0.5
+) -> List[Dict]:
+    """Follow ``boxes_xyxy`` through the RPN, the box head and the final detections of one image.
+
+    Args:
+        model: a ``GeneralizedRCNN`` in eval mode with ``StandardROIHeads``.
+        image_input: detectron2's input dict with ``"image"`` a ``[C, H, W]`` tensor as the test
+            mapper returns it (already resized; no ``"height"``/``"width"`` rescaling is done).
+        boxes_xyxy: ``[N, 4]`` float boxes ``(x0, y0, x1, y1)`` in pixels of ``image_input``'s
+            image (x = column), e.g. a mass's ground-truth box on this slice.
+        match_iou: a proposal or detection matches a box at IoU >= this.
+
+    Returns:
+        One dict per box:
+          ``proposals``: the number of RPN proposals of the image (after NMS and top-k);
+          ``best_iou``: the highest IoU of any proposal with the box (0.0 when none);
+          ``best_rank``: that proposal's 1-based rank by objectness among all proposals;
+          ``best_objectness``: its objectness logit;
+          ``best_head_score``: the box head's foreground probability for that proposal (the
+          highest over classes, before box regression and NMS);
+          ``matched_proposals``: proposals at IoU >= ``match_iou``;
+          ``matched_head_score``: the highest head score among those, or None;
+          ``detection_score``: the highest score of a final detection (after regression,
+          score threshold and NMS, as ``model(...)`` returns them) at IoU >= ``match_iou``,
+          or None.
+
+    Raises:
+        ValueError: the model is not a two-stage detector with a single box head, or is in
+            training mode.
+    """
+    if model.training:
+        raise ValueError("trace_boxes: call model.eval() first")
+    roi_heads = getattr(model, "roi_heads", None)
+    if roi_heads is None or getattr(model, "proposal_generator", None) is None:
+        raise ValueError("trace_boxes needs a two-stage detector (GeneralizedRCNN with an RPN)")
+    if isinstance(roi_heads, CascadeROIHeads):
+        raise ValueError(
+            "trace_boxes traces one box head; CascadeROIHeads has one per stage (not supported)"
+        )
+    images = model.preprocess_image([image_input])
+    features = model.backbone(images.tensor)
+    proposals, _ = model.proposal_generator(images, features, None)
+    props = proposals[0]
+    head_features = [features[f] for f in roi_heads.box_in_features]
+    box_features = roi_heads.box_head(roi_heads.box_pooler(head_features, [props.proposal_boxes]))
+    predictions = roi_heads.box_predictor(box_features)
+    # predict_probs: [R, K + 1] with background last; the foreground score is the best class.
+    head_scores = roi_heads.box_predictor.predict_probs(predictions, [props])[0][:, :-1]
+    head_scores = head_scores.max(dim=1).values if head_scores.numel() else head_scores[:, 0]
+    detections, _ = roi_heads.box_predictor.inference(predictions, [props])
+    dets = detections[0]
+
+    gt = Boxes(boxes_xyxy.to(dtype=torch.float32, device=props.proposal_boxes.device))
+    order = torch.argsort(props.objectness_logits, descending=True)
+    rank_of = torch.empty_like(order)
+    rank_of[order] = torch.arange(len(order), device=order.device)
+    prop_iou = pairwise_iou(gt, props.proposal_boxes)  # [N, R]
+    det_iou = pairwise_iou(gt, dets.pred_boxes)  # [N, D]
+    traces = []
+    for i in range(len(gt)):
+        trace = {"proposals": len(props), "best_iou": 0.0, "best_rank": None,
+                 "best_objectness": None, "best_head_score": None, "matched_proposals": 0,
+                 "matched_head_score": None, "detection_score": None}  # fmt: skip
+        if len(props):
+            j = int(prop_iou[i].argmax())
+            matched = prop_iou[i] >= match_iou
+            trace.update(
+                best_iou=float(prop_iou[i, j]),
+                best_rank=int(rank_of[j]) + 1,
+                best_objectness=float(props.objectness_logits[j]),
+                best_head_score=float(head_scores[j]),
+                matched_proposals=int(matched.sum()),
+                matched_head_score=float(head_scores[matched].max()) if matched.any() else None,
+            )
+        if len(dets):
+            hits = det_iou[i] >= match_iou
+            if hits.any():
+                trace["detection_score"] = float(dets.scores[hits].max())
+        traces.append(trace)
+    return traces
