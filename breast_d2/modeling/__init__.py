@@ -1,6 +1,7 @@
 """Test-time model wrappers: horizontal-flip TTA with weighted box fusion (``tta``), and the
 weighted box fusion it uses (``fusion``, plain NumPy, usable without detectron2; ``tta`` is
-imported lazily so that importing this package does not import detectron2)."""
+imported lazily so that importing this package does not import detectron2). ``introspect``
+(imported explicitly) traces given boxes through a detector's RPN and box head."""
 import logging
 
 from .fusion import box_iou_one_to_many, weighted_box_fusion
