@@ -154,6 +154,7 @@ def write_report(
     notes: Sequence[str] = (),
     step_times: Optional[Mapping[str, float]] = None,
     pairs: Sequence[Tuple[str, str]] = (),
+    sections: Sequence[str] = (),
 ) -> str:
     """Write ``REPORT.md`` (and its figures beside it) and return its path.
 
@@ -169,6 +170,7 @@ def write_report(
         step_times: seconds per step, listed at the end.
         pairs: ``(A, B)`` run names whose CPM difference gets a paired case-level bootstrap
             interval (:func:`paired_table`).
+        sections: further markdown sections (each with its own heading), after the size table.
     """
     out_dir = os.path.dirname(os.path.abspath(path))
     runs: Dict[str, Dict] = {}
@@ -210,6 +212,8 @@ def write_report(
             "",
             sizes,
         ]
+    for section in sections:
+        lines += [section, ""]
     if overlays:
         lines += ["## Examples (green: ground truth, amber: candidates with scores, blue: breast "
                   "mask outline)", ""]

@@ -200,7 +200,7 @@ def test_demo_trains_the_two_detectors_side_by_side_unless_sequential():
     names = [[s.name for s in lane] for lane in group.lanes]
     assert names == [["train detector (masked) fold0", "evaluate detector (masked) fold0",
                       "evaluate detector (masked + flip TTA) fold0", "study merge (masked) fold0",
-                      "FP reducer (masked) fold0"],
+                      "explain masses (masked) fold0", "FP reducer (masked) fold0"],
                      ["train detector (no mask) fold0", "evaluate detector (no mask) fold0"]]
     unmasked_train = group.lanes[1][0].command
     assert unmasked_train[unmasked_train.index("INPUT.BREAST_MASK.ENABLED") + 1] == "False"
@@ -214,14 +214,19 @@ def test_demo_trains_the_two_detectors_side_by_side_unless_sequential():
     assert eval_dir.endswith(os.path.join("det_masked", "fold0", "inference", "breast_fold0_val"))
     assert study[study.index("--box-merge") + 1] == "union" and "--no-box-fit" in study
     assert study[study.index("--out") + 1].endswith("det_masked_study")
-    reducer = group.lanes[0][4].command
+    explain = group.lanes[0][4].command
+    trained_dir = os.path.join(os.path.abspath("O"), "det_masked", "fold0")
+    assert explain[explain.index("--config-file") + 1] == os.path.join(trained_dir, "config.yaml")
+    assert explain[explain.index("--weights") + 1] == weights
+    assert explain[explain.index("--out") + 1] == demo.explain_path(os.path.abspath("O"))
+    reducer = group.lanes[0][5].command
     assert reducer[reducer.index("--apply") + 1] == demo.DEMO_REDUCER
     assert reducer[reducer.index("--eval") + 1] == eval_dir
     assert reducer[reducer.index("--out") + 1].endswith("det_masked_fp")
     for flags in (["--sequential", "--no-tta"], ["--no-ablation", "--no-tta"]):
         steps = demo.build_steps(demo.parse_args(["--out", "O", *flags]))
         assert not any(isinstance(s, Parallel) for s in steps)
-        assert steps[-1].name.startswith(("evaluate detector", "study merge", "FP reducer"))
+        assert steps[-1].name.startswith(("evaluate detector", "explain masses", "FP reducer"))
 
 
 def test_demo_applies_the_saved_reducer_only_to_cases_it_never_saw():
@@ -348,7 +353,7 @@ def test_trace_boxes_agrees_with_the_models_own_detections(trained):
 
 
 def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, capsys):
-    explain_misses = load_tool("explain_misses", "benchmarks")
+    explain_misses = load_tool("explain_misses")
     found = {"detection_score": 0.7, "matched_proposals": 1}
     low = {"detection_score": 0.3, "matched_proposals": 2}
     unproposed = {"detection_score": None, "matched_proposals": 0}
@@ -366,11 +371,21 @@ def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, 
     base = ["--config-file", QUICK, "--weights", weights, "--data", trained["data"], "--fold", "0"]
     # A test-time resize (96 -> 144 px): the masses' boxes are scaled into the input's frame.
     opts = [*trained["opts"], "INPUT.MIN_SIZE_TEST", "144", "INPUT.MAX_SIZE_TEST", "144"]
-    assert explain_misses.main([*base, "--case", case_id, *opts]) == 0
-    out = capsys.readouterr().out
-    verdicts = [line for line in out.splitlines() if line.startswith(f"| {case_id} ")
+    def verdict_rows(text, case_ids):
+        return [line for line in text.splitlines() if line.startswith("|")
+                and line.split("|")[1].strip() in case_ids
                 and line.rstrip(" |").split("|")[-1].strip() in ("found", "box head", "RPN")]
-    assert len(verdicts) == sum(c == case_id for c, _ in masses)
+
+    assert explain_misses.main([*base, "--case", case_id, *opts]) == 0
+    assert len(verdict_rows(capsys.readouterr().out, {case_id})) == sum(
+        c == case_id for c, _ in masses)
+    # No --case: every validation case with a mass; --out holds what was printed.
+    out_md = os.path.join(trained["tmp"], "explain", "explain.md")
+    assert explain_misses.main([*base, "--out", out_md, *opts]) == 0
+    printed = capsys.readouterr().out
+    assert len(verdict_rows(printed, {c for c, _ in masses})) == len(masses)
+    with open(out_md, encoding="utf-8") as f:
+        assert f.read() == printed
     for bad, why in ((folds["train"][0], "not a validation case of fold 0"),
                      ("NOPE", "case NOPE is not a validation case")):
         with pytest.raises(SystemExit) as e:
@@ -378,3 +393,12 @@ def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, 
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert why in err and len(err.splitlines()) == 1
+
+
+def test_demo_report_takes_the_per_mass_table_of_explain_misses(tmp_path):
+    demo = load_tool("demo")
+    explain_md = tmp_path / "det_masked_explain.md"
+    explain_md.write_text("| slice |\n|---|\n| 7 |\n\n| mass |\n|---|\n| RPN |\n")
+    section = demo.mass_verdict_section(str(explain_md))
+    assert "| RPN |" in section and "| 7 |" not in section and section.startswith("### ")
+    assert demo.mass_verdict_section(str(tmp_path / "missing.md")) is None

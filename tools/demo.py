@@ -17,8 +17,11 @@ The main job on the synthetic cohort (``make demo``), resumable:
   9. rescore the masked candidates with the benchmark's saved false-positive reducer
      (models/phantom_fp_reducer: trained on other cases, never on the demo's; tools/reduce_fp.py
      --apply; --no-fp-reducer skips it)
- 10. OUT/REPORT.md: tables, FROC plot, paired CPM comparisons (the best pipeline and the default
-     one against the study baseline, the masking ablation, flip TTA), overlays
+ 10. trace every validation mass through the masked detector: found, or lost at the RPN or at
+     the box head (tools/explain_misses.py)
+ 11. OUT/REPORT.md: tables, FROC plot, paired CPM comparisons (the best pipeline and the default
+     one against the study baseline, the masking ablation, flip TTA), each mass's verdict,
+     overlays
 
 Rerunning skips finished steps (markers in OUT/.steps); delete OUT to start over.
 """
@@ -119,6 +122,7 @@ def build_steps(args):
         # The same weights, evaluated with the flip TTA into their own folder.
         lanes[0].append(tta_eval_step(data, fold, masked_dir, os.path.join(out, "det_masked_tta")))
     lanes[0].append(study_merge_step(fold, masked_dir, os.path.join(out, "det_masked_study")))
+    lanes[0].append(explain_step(data, fold, masked_dir, explain_path(out)))
     if reducer_refusal(args) is None:
         lanes[0].append(Step(f"FP reducer (masked) fold{fold}", tool_command(
             "reduce_fp", "--apply", DEMO_REDUCER, "--eval", fold_froc_dir(masked_dir, fold),
@@ -168,6 +172,42 @@ def study_merge_step(fold, run_dir, out_dir):
     return Step(f"study merge (masked) fold{fold}", tool_command(
         "froc", "--detections", fold_froc_dir(run_dir, fold), "--box-merge", "union",
         "--no-box-fit", "--out", out_dir))
+
+
+def explain_path(out):
+    """Where :func:`explain_step` writes its tables."""
+    return os.path.join(out, "det_masked_explain.md")
+
+
+def explain_step(data, fold, trained_dir, out_md):
+    """Each validation mass traced through ``trained_dir``'s fold model (found, or lost at the
+    RPN or the box head: tools/explain_misses.py), with the config it was trained with."""
+    fold_dir = os.path.join(trained_dir, f"fold{fold}")
+    return Step(f"explain masses (masked) fold{fold}", tool_command(
+        "explain_misses", "--config-file", os.path.join(fold_dir, "config.yaml"),
+        "--weights", os.path.join(fold_dir, "model_final.pth"), "--data", data, "--fold", fold,
+        "--out", out_md))
+
+
+def mass_verdict_section(out_md):
+    """The report's section from :func:`explain_step`'s file: its last table (one row per
+    mass); None when the file is missing."""
+    if not os.path.isfile(out_md):
+        return None
+    with open(out_md, encoding="utf-8") as f:
+        mass_table = f.read().strip().split("\n\n")[-1]
+    return "\n".join([
+        "### Each mass, stage by stage",
+        "",
+        "The masked detector's view of every mass of the validation fold "
+        "(`tools/explain_misses.py`; per slice in det_masked_explain.md): found (a detection at "
+        "IoU >= 0.5 scoring >= 0.5 on some slice), lost at the box head (proposed at IoU >= 0.5, "
+        "scored low) or at the RPN (never proposed at IoU >= 0.5). Slice detections only: the 3D "
+        "merge and the box fit come after this, in the tables above.",
+        "",
+        mass_table,
+        "",
+    ])
 
 
 def study_froc_dir(out_dir, run_dir, fold):
@@ -238,6 +278,7 @@ def run(args):
         os.path.join(out, "REPORT.md"), "breast_d2 demo report", runs, data, seg_table,
         mask_dir=os.path.join(data, "masks", f"fold{args.fold}"), notes=notes,
         step_times=step_times(out), pairs=pairs,
+        sections=[x for x in [mass_verdict_section(explain_path(out))] if x],
     )
     for name, froc_dir in runs.items():
         with open(os.path.join(froc_dir, "froc.json")) as f:

@@ -3,7 +3,7 @@
 A slice detector can miss a mass at two stages of Faster R-CNN. The region proposal network may
 never propose a box over it (no proposal overlaps it), or it proposes one that the box head
 scores as background. :func:`trace_boxes` runs one image through the model's stages once and
-reports, for each given box, what each stage did with it. ``benchmarks/explain_misses.py``
+reports, for each given box, what each stage did with it. ``tools/explain_misses.py``
 prints these per mass and slice of a converted cohort.
 
 Works with detectron2's ``GeneralizedRCNN`` and ``StandardROIHeads`` (the study's Faster R-CNN);

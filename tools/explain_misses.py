@@ -1,24 +1,26 @@
 #!/usr/bin/env python
 """Why a trained detector finds or misses each mass of some validation cases, stage by stage.
 
-    python benchmarks/explain_misses.py \\
+    python tools/explain_misses.py \\
         --config-file output/demo/det_masked/fold0/config.yaml \\
         --weights output/demo/det_masked/fold0/model_final.pth \\
-        --data output/demo/coco --fold 0 --case PH0039 [--case ...]
+        --data output/demo/coco --fold 0 [--case PH0039 ...] [--out explain.md]
 
-Every slice of the cases that holds a mass goes through the same test mapper as ``--eval-only``
-(breast masking included) and through the model once. For each mass and slice it prints what
-the region proposal network proposed over the mass's box (the best proposal's IoU, its rank by
-objectness among the image's proposals), what the box head scored that proposal (foreground
-probability), and the best final detection at IoU >= 0.5. One verdict per mass follows:
+Every slice that holds a mass, in the given cases (default: every validation case of the
+fold), goes through the same test mapper as ``--eval-only`` (breast masking included) and
+through the model once. For each mass and slice it prints what the region proposal network
+proposed over the mass's box (the best proposal's IoU, its rank by objectness among the
+image's proposals), what the box head scored that proposal (foreground probability), and the
+best final detection at IoU >= 0.5. One verdict per mass follows:
 
   found       a final detection at IoU >= 0.5 scores >= --min-score on some slice;
-  box head    a proposal reaches IoU >= 0.5 on some slice, but no detection scores
-              >= --min-score there (the head rejected it, or regression moved it off);
+  box head    a proposal reaches IoU >= 0.5 on some slice, but no detection at IoU >= 0.5
+              scores >= --min-score on any slice (the head rejected it, or moved it off);
   RPN         no proposal reaches IoU >= 0.5 on any slice.
 
-Masses are the converted cohort's per-slice annotations (``lesion_index``); boxes are in pixels
-of the test-time input (the config's resize). Plain two-stage models only (not the cascade).
+Masses are the converted cohort's per-slice annotations (``lesion_index``). Box sizes are in
+slice pixels; the boxes are scaled with the image by the config's test-time resize before they
+are matched. Plain two-stage models only (not the cascade).
 """
 import argparse
 import logging
@@ -27,6 +29,7 @@ import sys
 from collections import defaultdict
 
 import torch
+from tqdm import tqdm
 
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
@@ -44,6 +47,7 @@ from breast_d2.engine import (
     load_breast_config,
 )
 from breast_d2.evaluation.tables import format_cell, markdown_table
+from breast_d2.fileio import ensure_writable_dir, write_atomic
 from breast_d2.modeling.introspect import trace_boxes
 
 MATCH_IOU = 0.5
@@ -55,8 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--weights", required=True, help="the trained detector (.pth)")
     p.add_argument("--data", required=True, help="converted cohort folder")
     p.add_argument("--fold", type=int, required=True, help="the fold whose validation cases to use")
-    p.add_argument("--case", action="append", required=True, metavar="CASE_ID",
-                   help="a validation case of the fold (repeatable)")
+    p.add_argument("--case", action="append", default=[], metavar="CASE_ID",
+                   help="a validation case of the fold (repeatable; default: all of them)")
+    p.add_argument("--out", default="", help="also write both tables to this markdown file")
     p.add_argument("--min-score", type=float, default=0.5,
                    help="detection score that counts as found")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -90,6 +95,8 @@ def verdict(traces, min_score):
 def explain(model, mapper, slices_by_case, min_score):
     """Per-slice rows and per-mass verdict rows (formatted cells)."""
     slice_rows, mass_rows = [], []
+    bar = tqdm(total=sum(map(len, slices_by_case.values())), desc="slices with a mass",
+               unit="slice")  # fmt: skip
     for case_id in sorted(slices_by_case):
         by_mass = defaultdict(list)
         for d, boxes in sorted(slices_by_case[case_id], key=lambda item: item[0]["slice_index"]):
@@ -109,6 +116,7 @@ def explain(model, mapper, slices_by_case, min_score):
                     t["matched_proposals"], format_cell(t["matched_head_score"]),
                     format_cell(t["detection_score"]),
                 ])  # fmt: skip
+            bar.update()
         for lesion, traces in sorted(by_mass.items()):
             best_det = max((t["detection_score"] or 0.0) for t in traces)
             mass_rows.append([
@@ -116,6 +124,7 @@ def explain(model, mapper, slices_by_case, min_score):
                 sum(bool(t["matched_proposals"]) for t in traces), format_cell(best_det),
                 verdict(traces, min_score),
             ])  # fmt: skip
+    bar.close()
     slice_rows.sort(key=lambda row: tuple(row[:3]))  # case, mass, slice
     return slice_rows, mass_rows
 
@@ -126,7 +135,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     try:
         return _main(args)
-    except (ConfigError, CheckpointError, CohortError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, CohortError, OSError, ValueError) as e:
         fail(str(e))
 
 
@@ -142,27 +151,36 @@ def _main(args):
         if case_id not in val_cases:
             raise ValueError(f"case {case_id} is not a validation case of fold {args.fold} "
                              f"in {args.data}")
-    slices_by_case = mass_slices(dicts, set(args.case))
+    slices_by_case = mass_slices(dicts, set(args.case) or val_cases)
     for case_id in args.case:
         if case_id not in slices_by_case:
             raise ValueError(f"case {case_id} has no annotated mass in {args.data}")
+    if not slices_by_case:
+        raise ValueError(f"fold {args.fold} of {args.data} has no validation case with a mass")
+    if args.out:
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
     model = build_model(cfg).eval()
     BreastCheckpointer(model).load(args.weights)  # no code from the file runs
     mapper = BreastMaskDatasetMapper(cfg, is_train=False)
     slice_rows, mass_rows = explain(model, mapper, slices_by_case, args.min_score)
-    print(markdown_table(
-        ["case", "mass", "slice", "box (px)", "best proposal IoU", "its rank", "objectness",
-         "head score", f"proposals IoU >= {MATCH_IOU}", "their best head score",
-         f"detection IoU >= {MATCH_IOU}"],
-        slice_rows,
-    ))  # fmt: skip
-    print()
-    print(markdown_table(
-        ["case", "mass", "slices", "best proposal IoU",
-         f"slices with a proposal IoU >= {MATCH_IOU}", "best detection score",
-         f"verdict (min score {args.min_score})"],
-        mass_rows,
-    ))  # fmt: skip
+    tables = [
+        markdown_table(
+            ["case", "mass", "slice", "box (px)", "best proposal IoU", "its rank",
+             "objectness", "head score", f"proposals IoU >= {MATCH_IOU}",
+             "their best head score", f"detection IoU >= {MATCH_IOU}"],
+            slice_rows,
+        ),
+        markdown_table(
+            ["case", "mass", "slices", "best proposal IoU",
+             f"slices with a proposal IoU >= {MATCH_IOU}", "best detection score",
+             f"verdict (min score {args.min_score})"],
+            mass_rows,
+        ),
+    ]  # fmt: skip
+    text = "\n\n".join(tables) + "\n"
+    print(text, end="")
+    if args.out:
+        write_atomic(args.out, lambda f: f.write(text))
     return 0
 
 
