@@ -39,7 +39,8 @@ def trace_boxes(
     Returns:
         One dict per box:
           ``proposals``: the number of RPN proposals of the image (after NMS and top-k);
-          ``best_iou``: the highest IoU of any proposal with the box (0.0 when none);
+          ``best_iou``: the highest IoU of any proposal with the box (0.0 when no proposal
+          overlaps it; the three ``best_*`` fields below are then None);
           ``best_rank``: that proposal's 1-based rank by objectness among all proposals;
           ``best_objectness``: its objectness logit;
           ``best_head_score``: the box head's foreground probability for that proposal (the
@@ -87,7 +88,7 @@ def trace_boxes(
         trace = {"proposals": len(props), "best_iou": 0.0, "best_rank": None,
                  "best_objectness": None, "best_head_score": None, "matched_proposals": 0,
                  "matched_head_score": None, "detection_score": None}  # fmt: skip
-        if len(props):
+        if len(props) and float(prop_iou[i].max()) > 0.0:
             j = int(prop_iou[i].argmax())
             matched = prop_iou[i] >= match_iou
             trace.update(
