@@ -400,6 +400,10 @@ def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, 
     assert len(verdict_rows(printed, {c for c, _ in masses})) == len(masses)
     with open(out_md, encoding="utf-8") as f:
         assert f.read() == printed
+    unlabelled = [{"case_id": "C1", "file_name": "slices/C1/0003.png",
+                   "annotations": [{"bbox": [1, 2, 3, 4], "bbox_mode": 1}]}]
+    with pytest.raises(ValueError, match="slices/C1/0003.png: an annotation has no lesion_index"):
+        explain_misses.mass_slices(unlabelled, {"C1"})
     for bad, why in ((folds["train"][0], "not a validation case of fold 0"),
                      ("NOPE", "case NOPE is not a validation case")):
         with pytest.raises(SystemExit) as e:

@@ -20,7 +20,8 @@ best final detection at IoU >= 0.5. One verdict per mass follows:
 
 Masses are the converted cohort's per-slice annotations (``lesion_index``). Box sizes are in
 slice pixels; the boxes are scaled with the image by the config's test-time resize before they
-are matched. Plain two-stage models only (not the cascade).
+are matched. The model runs as built, without the test-time flip of ``TEST.BREAST_TTA``. Plain
+two-stage models only (not the cascade).
 """
 import argparse
 import logging
@@ -70,14 +71,25 @@ def parse_args(argv=None):
 
 
 def mass_slices(dicts, case_ids):
-    """``{case_id: [(dataset_dict, [(lesion_index, box_xyxy)])]}`` for the slices with a mass."""
+    """``{case_id: [(dataset_dict, [(lesion_index, box_xyxy)])]}`` for the slices with a mass.
+
+    Raises:
+        ValueError: an annotation without ``lesion_index`` (which mass it belongs to is then
+            unknown; tools/convert_to_coco.py writes it).
+    """
     out = defaultdict(list)
     for d in dicts:
         if d["case_id"] in case_ids and d.get("annotations"):
+            for a in d["annotations"]:
+                if "lesion_index" not in a:
+                    raise ValueError(
+                        f"{d['file_name']}: an annotation has no lesion_index, so its mass is "
+                        "unknown (convert the cohort with tools/convert_to_coco.py)"
+                    )
             boxes = [
-                (a.get("lesion_index", k),
+                (a["lesion_index"],
                  BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS))
-                for k, a in enumerate(d["annotations"])
+                for a in d["annotations"]
             ]  # fmt: skip
             out[d["case_id"]].append((d, boxes))
     return out
