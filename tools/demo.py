@@ -14,11 +14,11 @@ The main job on the synthetic cohort (``make demo``), resumable:
   8. the study baseline: re-merge the masked detections as the study does (the union of the
      slice boxes, no box fit; post hoc: tools/froc.py --detections --box-merge union
      --no-box-fit)
-  9. rescore the masked candidates with the benchmark's saved false-positive reducer
+  9. trace every validation mass through the masked detector: found, or lost at the RPN or at
+     the box head (tools/explain_misses.py)
+ 10. rescore the masked candidates with the benchmark's saved false-positive reducer
      (models/phantom_fp_reducer: trained on other cases, never on the demo's; tools/reduce_fp.py
      --apply; --no-fp-reducer skips it)
- 10. trace every validation mass through the masked detector: found, or lost at the RPN or at
-     the box head (tools/explain_misses.py)
  11. OUT/REPORT.md: tables, FROC plot, paired CPM comparisons (the best pipeline and the default
      one against the study baseline, the masking ablation, flip TTA), each mass's verdict,
      overlays
