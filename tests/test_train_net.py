@@ -404,6 +404,16 @@ def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, 
                    "annotations": [{"bbox": [1, 2, 3, 4], "bbox_mode": 1}]}]
     with pytest.raises(ValueError, match="slices/C1/0003.png: an annotation has no lesion_index"):
         explain_misses.mass_slices(unlabelled, {"C1"})
+    no_mass = [{"case_id": "C2", "file_name": "slices/C2/0000.png", "annotations": []}]
+    for dicts, requested, why in ((no_mass, ["C2"], "case C2 has no annotated mass in here"),
+                                  (no_mass, [], "here has no validation case with a mass")):
+        with pytest.raises(ValueError, match=why):
+            explain_misses.cases_to_explain(dicts, requested, "here")
+    missing = os.path.join(trained["tmp"], "none.pth")
+    with pytest.raises(SystemExit) as e:
+        explain_misses.main([*base[:2], "--weights", missing, *base[4:], *trained["opts"]])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {missing}: detector weights not found"
     for bad, why in ((folds["train"][0], "not a validation case of fold 0"),
                      ("NOPE", "case NOPE is not a validation case")):
         with pytest.raises(SystemExit) as e:
@@ -420,3 +430,17 @@ def test_demo_report_takes_the_per_mass_table_of_explain_misses(tmp_path):
     section = demo.mass_verdict_section(str(explain_md))
     assert "| RPN |" in section and "| 7 |" not in section and section.startswith("### ")
     assert demo.mass_verdict_section(str(tmp_path / "missing.md")) is None
+
+
+def test_trace_boxes_refuses_cascade_heads():
+    from detectron2.modeling import build_model
+
+    from breast_d2.engine import load_breast_config
+    from breast_d2.modeling.introspect import trace_boxes
+
+    cfg = load_breast_config(QUICK.replace("frcnn_r18_quick", "frcnn_r18_cascade_quick"))
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    image_input = {"image": torch.zeros(3, 96, 96, dtype=torch.uint8)}
+    with pytest.raises(ValueError, match="CascadeROIHeads has one per stage"):
+        trace_boxes(model, image_input, torch.tensor([[10.0, 10.0, 20.0, 20.0]]))

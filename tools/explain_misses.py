@@ -95,6 +95,26 @@ def mass_slices(dicts, case_ids):
     return out
 
 
+def cases_to_explain(val_dicts, requested, where):
+    """:func:`mass_slices` of the ``requested`` validation cases (all of them when empty).
+
+    Raises:
+        ValueError: a requested case that is not in ``val_dicts`` or has no mass there, or no
+            case with a mass at all; the message names the case and ``where``.
+    """
+    val_cases = {d["case_id"] for d in val_dicts}
+    for case_id in requested:
+        if case_id not in val_cases:
+            raise ValueError(f"case {case_id} is not a validation case of {where}")
+    slices_by_case = mass_slices(val_dicts, set(requested) or val_cases)
+    for case_id in requested:
+        if case_id not in slices_by_case:
+            raise ValueError(f"case {case_id} has no annotated mass in {where}")
+    if not slices_by_case:
+        raise ValueError(f"{where} has no validation case with a mass")
+    return slices_by_case
+
+
 def verdict(traces, min_score):
     """found / box head / RPN from one mass's per-slice traces (see the module docstring)."""
     if any((t["detection_score"] or 0.0) >= min_score for t in traces):
@@ -111,7 +131,7 @@ def explain(model, mapper, slices_by_case, min_score):
                unit="slice")  # fmt: skip
     for case_id in sorted(slices_by_case):
         by_mass = defaultdict(list)
-        for d, boxes in sorted(slices_by_case[case_id], key=lambda item: item[0]["slice_index"]):
+        for d, boxes in slices_by_case[case_id]:
             image_input = mapper(dict(d))
             scale_x = image_input["image"].shape[2] / d["width"]
             scale_y = image_input["image"].shape[1] / d["height"]
@@ -157,18 +177,10 @@ def _main(args):
     cfg = load_breast_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
     configure_fold(cfg, args.fold, args.data)
-    dicts = DatasetCatalog.get(dataset_name(args.fold, "val"))
-    val_cases = {d["case_id"] for d in dicts}
-    for case_id in args.case:
-        if case_id not in val_cases:
-            raise ValueError(f"case {case_id} is not a validation case of fold {args.fold} "
-                             f"in {args.data}")
-    slices_by_case = mass_slices(dicts, set(args.case) or val_cases)
-    for case_id in args.case:
-        if case_id not in slices_by_case:
-            raise ValueError(f"case {case_id} has no annotated mass in {args.data}")
-    if not slices_by_case:
-        raise ValueError(f"fold {args.fold} of {args.data} has no validation case with a mass")
+    slices_by_case = cases_to_explain(
+        DatasetCatalog.get(dataset_name(args.fold, "val")), args.case,
+        f"fold {args.fold} of {args.data}",
+    )
     if args.out:
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
     model = build_model(cfg).eval()

@@ -73,7 +73,7 @@ def trace_boxes(
     predictions = roi_heads.box_predictor(box_features)
     # predict_probs: [R, K + 1] with background last; the foreground score is the best class.
     head_scores = roi_heads.box_predictor.predict_probs(predictions, [props])[0][:, :-1]
-    head_scores = head_scores.max(dim=1).values if head_scores.numel() else head_scores[:, 0]
+    head_scores = head_scores.max(dim=1).values  # [R]
     detections, _ = roi_heads.box_predictor.inference(predictions, [props])
     dets = detections[0]
 
