@@ -25,6 +25,17 @@ def _add_dataset_config(cfg: CN) -> None:
     cfg.DATASETS.FOLD = -1
     # Train only on slices that contain a mass (as the study did); validation sees every slice.
     cfg.DATALOADER.POSITIVE_SLICES_ONLY = True
+    # Repeat the training slices of the least conspicuous masses (breast_d2/data/sampling.py):
+    # a mass's contrast is the median of converter channel CHANNEL (1 = the subtraction of the
+    # study's "1,1-0,0") in its box minus that of a ring around it, at its most conspicuous
+    # slice; slices showing a mass in the lowest QUANTILE of the training masses' contrasts are
+    # drawn FACTOR times as often (detectron2's RepeatFactorTrainingSampler). With 0.25 and 3
+    # the low-contrast quarter of the masses makes up half of the mass slices drawn.
+    cfg.DATALOADER.LOW_CONTRAST_REPEAT = CN()
+    cfg.DATALOADER.LOW_CONTRAST_REPEAT.ENABLED = False
+    cfg.DATALOADER.LOW_CONTRAST_REPEAT.CHANNEL = 1
+    cfg.DATALOADER.LOW_CONTRAST_REPEAT.QUANTILE = 0.25
+    cfg.DATALOADER.LOW_CONTRAST_REPEAT.FACTOR = 3.0
 
 
 def _add_mask_config(cfg: CN) -> None:

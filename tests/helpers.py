@@ -55,6 +55,23 @@ QUICK = os.path.join(REPO, "configs", "quick_schedules", "frcnn_r18_quick.yaml")
 # ---------------------------------------------------------------------------------------------
 # Tools
 # ---------------------------------------------------------------------------------------------
+def breast_cfg(section: str = "", **values):
+    """detectron2's defaults + breast_d2's keys, with ``values`` set on the config node at the
+    dotted path ``section`` (e.g. ``breast_cfg("INPUT.ENHANCEMENT_GAIN", ENABLED=True)``)."""
+    from detectron2.config import get_cfg
+
+    from breast_d2.config import add_breast_config
+
+    cfg = get_cfg()
+    add_breast_config(cfg)
+    node = cfg
+    for name in filter(None, section.split(".")):
+        node = getattr(node, name)
+    for key, value in values.items():
+        setattr(node, key, value)
+    return cfg
+
+
 def tool_path(name: str, folder: str = "tools") -> str:
     """Path of ``<folder>/<name>.py`` in this repository (``folder``: tools or benchmarks)."""
     return os.path.join(REPO, folder, f"{name}.py")

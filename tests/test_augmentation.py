@@ -2,16 +2,15 @@
 import numpy as np
 import pytest
 
-from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 
-from breast_d2.config import add_breast_config
 from breast_d2.data import BreastMaskDatasetMapper
 from breast_d2.data.augmentation import (
     EnhancementGainTransform,
     RandomEnhancementGain,
     build_intensity_augmentation,
 )
+from helpers import breast_cfg
 
 
 def _image():
@@ -77,11 +76,7 @@ def test_random_gain_rejects_a_channel_the_image_lacks():
 
 
 def _cfg(**gain):
-    cfg = get_cfg()
-    add_breast_config(cfg)
-    for key, value in gain.items():
-        setattr(cfg.INPUT.ENHANCEMENT_GAIN, key, value)
-    return cfg
+    return breast_cfg("INPUT.ENHANCEMENT_GAIN", **gain)
 
 
 def test_config_is_off_by_default_and_maps_channels_to_the_read_order():

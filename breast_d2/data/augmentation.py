@@ -5,7 +5,12 @@ import numpy as np
 
 from detectron2.data import transforms as T
 
-__all__ = ["RandomEnhancementGain", "EnhancementGainTransform", "build_intensity_augmentation"]
+__all__ = [
+    "RandomEnhancementGain",
+    "EnhancementGainTransform",
+    "array_channel_order",
+    "build_intensity_augmentation",
+]
 
 
 class EnhancementGainTransform(T.Transform):
@@ -83,18 +88,26 @@ def build_intensity_augmentation(cfg) -> list:
     gain_cfg = cfg.INPUT.ENHANCEMENT_GAIN
     if not gain_cfg.ENABLED:
         return []
-    spec_channels = [int(c) for c in gain_cfg.CHANNELS]
+    array_channels = array_channel_order(
+        gain_cfg.CHANNELS, cfg.INPUT.FORMAT, "INPUT.ENHANCEMENT_GAIN.CHANNELS"
+    )
+    return [RandomEnhancementGain(tuple(gain_cfg.RANGE), array_channels, gain_cfg.PROB)]
+
+
+def array_channel_order(spec_channels: Sequence[int], image_format: str, key: str) -> list:
+    """Channel indexes of a converted slice (the converter's ``--channels`` order: R, G, B) as
+    indexes of the array ``INPUT.FORMAT`` reads (``BGR`` reverses them).
+
+    Raises:
+        ValueError: an index outside 0-2, or a format other than BGR / RGB (``key``, the config
+            key that holds the indexes, names them in the message).
+    """
+    spec_channels = [int(c) for c in spec_channels]
     bad = [c for c in spec_channels if not 0 <= c < 3]
     if bad:
-        raise ValueError(
-            f"INPUT.ENHANCEMENT_GAIN.CHANNELS {bad}: a converted slice has channels 0-2"
-        )
-    if cfg.INPUT.FORMAT == "BGR":
-        array_channels = [2 - c for c in spec_channels]
-    elif cfg.INPUT.FORMAT == "RGB":
-        array_channels = spec_channels
-    else:
-        raise ValueError(
-            f"INPUT.ENHANCEMENT_GAIN needs INPUT.FORMAT BGR or RGB, got {cfg.INPUT.FORMAT!r}"
-        )
-    return [RandomEnhancementGain(tuple(gain_cfg.RANGE), array_channels, gain_cfg.PROB)]
+        raise ValueError(f"{key} {bad}: a converted slice has channels 0-2")
+    if image_format == "BGR":
+        return [2 - c for c in spec_channels]
+    if image_format == "RGB":
+        return spec_channels
+    raise ValueError(f"{key} needs INPUT.FORMAT BGR or RGB, got {image_format!r}")

@@ -19,6 +19,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from ..config import add_breast_config
 from ..data.datasets import dataset_name, default_data_root, register_breast_folds
 from ..data.mapper import BreastMaskDatasetMapper, mask_dir_from_config
+from ..data.sampling import build_train_sampler
 
 __all__ = [
     "ConfigError",
@@ -155,10 +156,14 @@ def _check_mask_dir(cfg) -> None:
 
 
 def build_breast_train_loader(cfg):
-    """Train loader over :func:`train_dataset_dicts` with :class:`BreastMaskDatasetMapper`."""
+    """Train loader over :func:`train_dataset_dicts` with :class:`BreastMaskDatasetMapper`, and
+    the low-contrast repeat sampler when ``DATALOADER.LOW_CONTRAST_REPEAT.ENABLED``."""
     _check_mask_dir(cfg)
     mapper = BreastMaskDatasetMapper(cfg, is_train=True)
-    return build_detection_train_loader(cfg, mapper=mapper, dataset=train_dataset_dicts(cfg))
+    dataset = train_dataset_dicts(cfg)
+    return build_detection_train_loader(
+        cfg, mapper=mapper, dataset=dataset, sampler=build_train_sampler(cfg, dataset)
+    )
 
 
 def build_breast_test_loader(cfg, name: str):
