@@ -18,6 +18,8 @@ import weakref
 
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.engine.hooks import EvalHook, PeriodicCheckpointer
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from breast_d2.cli import fail
 from breast_d2.data.errors import CohortError
@@ -88,6 +90,10 @@ def setup(args):
     cfg.MODEL.WEIGHTS = resolve_weights(cfg.MODEL.WEIGHTS)
     cfg.freeze()
     default_setup(cfg, args)
+    # breast_d2's own log lines (e.g. the low-contrast sampler's summary) in the console and
+    # OUTPUT_DIR/log.txt, beside detectron2's.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="breast_d2",
+                 abbrev_name="bd2")
     return cfg
 
 
