@@ -32,6 +32,7 @@ __all__ = [
     "segmentation_dir",
     "segmentation_steps",
     "detection_steps",
+    "explain_step",
     "fold_froc_dir",
     "run_job_cli",
 ]
@@ -262,6 +263,18 @@ def detection_steps(
             launch=True,
         ),
     ]
+
+
+def explain_step(trained_dir: str, data: str, fold: int, out_md: str, out_json: str,
+                 label: str = "detector") -> Step:
+    """Each validation mass of fold ``fold`` traced through ``trained_dir``'s fold model, with
+    the config it was trained with (tools/explain_misses.py: found, or lost at the RPN or the
+    box head): the tables to ``out_md``, one row per mass to ``out_json``."""
+    fold_dir = os.path.join(trained_dir, f"fold{fold}")
+    return Step(f"explain masses ({label}) fold{fold}", tool_command(
+        "explain_misses", "--config-file", os.path.join(fold_dir, "config.yaml"),
+        "--weights", os.path.join(fold_dir, "model_final.pth"), "--data", data, "--fold", fold,
+        "--out", out_md, "--json", out_json))
 
 
 def run_job_cli(main: Callable[[], None]) -> None:

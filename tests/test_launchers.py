@@ -213,7 +213,15 @@ def test_submitit_fold_jobs_give_the_local_launchers_numbers(converted, tmp_path
         local, sub = (_read_json(os.path.join(outs[k], rel)) for k in outs)
         assert local == sub
         assert local["case_ids"]  # the fold's validation cases were evaluated
+        verdicts = os.path.join("detector", f"fold{fold}", "verdicts.json")
+        local, sub = (_read_json(os.path.join(outs[k], verdicts), outs[k]) for k in outs)
+        assert local == sub and local["masses"]  # each fold job traced its fold's masses
     # the cross-fold report, with each job folder's path replaced by OUT
     reports = [_read_json(os.path.join(out, "report", "froc_folds.json"), out)
                for out in outs.values()]
     assert reports[0] == reports[1]
+    summaries = []
+    for out in outs.values():
+        with open(os.path.join(out, "report", "mass_verdicts.md")) as f:
+            summaries.append(f.read())
+    assert summaries[0] == summaries[1] and "| pooled" in summaries[0]

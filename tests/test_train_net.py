@@ -219,6 +219,7 @@ def test_demo_trains_the_two_detectors_side_by_side_unless_sequential():
     assert explain[explain.index("--config-file") + 1] == os.path.join(trained_dir, "config.yaml")
     assert explain[explain.index("--weights") + 1] == weights
     assert explain[explain.index("--out") + 1] == demo.explain_path(os.path.abspath("O"))
+    assert explain[explain.index("--json") + 1] == demo.explain_path(os.path.abspath("O"), "json")
     reducer = group.lanes[0][5].command
     assert reducer[reducer.index("--apply") + 1] == demo.DEMO_REDUCER
     assert reducer[reducer.index("--eval") + 1] == eval_dir
@@ -254,7 +255,17 @@ def test_cross_validation_steps_are_fold_correct():
     steps = cv.build_steps(args)
     names = [s.name for s in steps]
     assert names[0] == "segmentation unetplusplus fold0"
-    assert names[-2:] == ["cross-fold FROC report", "false-positive reducer (out of fold)"]
+    assert names[-3:] == ["cross-fold FROC report", "mass verdicts report",
+                          "false-positive reducer (out of fold)"]
+    # Each fold's masses are traced after its evaluation; the report pools the folds' verdicts.
+    assert names[names.index("evaluate detector fold2") + 1] == "explain masses (detector) fold2"
+    explain = [s for s in steps if s.name == "explain masses (detector) fold2"][0].command
+    fold2 = os.path.join(os.path.abspath("O"), "detector", "fold2")
+    assert explain[explain.index("--config-file") + 1] == os.path.join(fold2, "config.yaml")
+    assert explain[explain.index("--json") + 1] == os.path.join(fold2, "verdicts.json")
+    summary = steps[-2].command
+    assert summary[summary.index("--summarize") + 1:summary.index("--out")] == [
+        os.path.join(os.path.abspath("O"), "detector", f"fold{k}", "verdicts.json") for k in (0, 2)]
     reducer = steps[-1].command
     assert reducer[reducer.index("--cv") + 1] == os.path.abspath("O")
     assert reducer[reducer.index("--masks") + 1] == "fold"
@@ -267,9 +278,10 @@ def test_cross_validation_steps_are_fold_correct():
     assert train[-2:] == ["TEST.FINAL_EVAL", "False"]  # the next step evaluates
 
     args = cv.parse_args(["--config-file", QUICK, "--data", "D", "--folds", "0,1,2", "--out", "O",
-                          "--lanes", "2", "--no-fp-reducer"])
+                          "--lanes", "2", "--no-fp-reducer", "--no-explain"])
     group, report = cv.build_steps(args)
     assert isinstance(group, Parallel) and report.name == "cross-fold FROC report"
+    assert not any(s.name.startswith("explain") for lane in group.lanes for s in lane)
     lanes = [[s.name for s in lane if s.name.startswith("evaluate")] for lane in group.lanes]
     assert lanes == [["evaluate detector fold0", "evaluate detector fold2"],
                      ["evaluate detector fold1"]]
@@ -367,13 +379,15 @@ def test_trace_boxes_agrees_with_the_models_own_detections(trained):
 
 
 def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, capsys):
+    from breast_d2.evaluation.verdicts import mass_verdict
+
     explain_misses = load_tool("explain_misses")
     found = {"detection_score": 0.7, "matched_proposals": 1}
     low = {"detection_score": 0.3, "matched_proposals": 2}
     unproposed = {"detection_score": None, "matched_proposals": 0}
-    assert explain_misses.verdict([unproposed, found], 0.5) == "found"
-    assert explain_misses.verdict([low, unproposed], 0.5) == "box head"
-    assert explain_misses.verdict([unproposed, unproposed], 0.5) == "RPN"
+    assert mass_verdict([unproposed, found], 0.5) == "found"
+    assert mass_verdict([low, unproposed], 0.5) == "box head"
+    assert mass_verdict([unproposed, unproposed], 0.5) == "RPN"
     with open(os.path.join(trained["data"], "splits.json")) as f:
         folds = json.load(f)["folds"][0]
     with open(os.path.join(trained["data"], "fold0_val.json")) as f:
@@ -395,11 +409,43 @@ def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, 
         c == case_id for c, _ in masses)
     # No --case: every validation case with a mass; --out holds what was printed.
     out_md = os.path.join(trained["tmp"], "explain", "explain.md")
-    assert explain_misses.main([*base, "--out", out_md, *opts]) == 0
+    out_json = os.path.join(trained["tmp"], "explain", "verdicts.json")
+    assert explain_misses.main([*base, "--out", out_md, "--json", out_json, *opts]) == 0
     printed = capsys.readouterr().out
-    assert len(verdict_rows(printed, {c for c, _ in masses})) == len(masses)
+    rows = verdict_rows(printed, {c for c, _ in masses})
+    assert len(rows) == len(masses)
     with open(out_md, encoding="utf-8") as f:
         assert f.read() == printed
+    # --json: the same masses and verdicts as the printed table, in its order.
+    with open(out_json, encoding="utf-8") as f:
+        record = json.load(f)
+    assert record["fold"] == 0 and record["min_score"] == 0.5
+    assert [(m["case_id"], str(m["lesion_index"]), m["verdict"]) for m in record["masses"]] == [
+        (r.split("|")[1].strip(), r.split("|")[2].strip(), r.rstrip(" |").split("|")[-1].strip())
+        for r in rows]
+    # --summarize pools fold files; one fold given twice is refused.
+    other = dict(record, fold=3, masses=record["masses"][:1])
+    other_json = os.path.join(trained["tmp"], "explain", "fold3.json")
+    with open(other_json, "w", encoding="utf-8") as f:
+        json.dump(other, f)
+    summary_md = os.path.join(trained["tmp"], "explain", "summary.md")
+    assert explain_misses.main(["--summarize", out_json, other_json, "--out", summary_md]) == 0
+    printed = capsys.readouterr().out
+    pooled = [line for line in printed.splitlines() if line.startswith("| pooled")][0]
+    counts = [c.strip() for c in pooled.strip("|").split("|")[1:]]
+    verdicts = [m["verdict"] for m in record["masses"] + other["masses"]]
+    assert counts == [str(len(verdicts))] + [str(verdicts.count(v))
+                                             for v in ("found", "box head", "RPN")]
+    with open(summary_md, encoding="utf-8") as f:
+        assert f.read() == printed
+    for argv, why in ((["--summarize", out_json, out_json], "fold 0 is given more than once"),
+                      (["--summarize", out_md], "not JSON"),
+                      (["--summarize", out_json, "--fold", "0"], "takes only --out, not --fold")):
+        with pytest.raises(SystemExit) as e:
+            explain_misses.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert why in err and len(err.splitlines()) == 1, err
     unlabelled = [{"case_id": "C1", "file_name": "slices/C1/0003.png",
                    "annotations": [{"bbox": [1, 2, 3, 4], "bbox_mode": 1}]}]
     with pytest.raises(ValueError, match="slices/C1/0003.png: an annotation has no lesion_index"):
@@ -425,11 +471,20 @@ def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, 
 
 def test_demo_report_takes_the_per_mass_table_of_explain_misses(tmp_path):
     demo = load_tool("demo")
-    explain_md = tmp_path / "det_masked_explain.md"
-    explain_md.write_text("| slice |\n|---|\n| 7 |\n\n| mass |\n|---|\n| RPN |\n")
-    section = demo.mass_verdict_section(str(explain_md))
-    assert "| RPN |" in section and "| 7 |" not in section and section.startswith("### ")
-    assert demo.mass_verdict_section(str(tmp_path / "missing.md")) is None
+    verdicts = tmp_path / "det_masked_explain.json"
+    mass = {"case_id": "PH0039", "lesion_index": 1, "slices": 5, "best_proposal_iou": 0.35,
+            "slices_with_proposal": 0, "best_detection_score": 0.0, "verdict": "RPN"}
+    verdicts.write_text(json.dumps({"fold": 0, "min_score": 0.5, "match_iou": 0.5,
+                                    "masses": [mass]}))
+    section = demo.mass_verdict_section(str(verdicts))
+    assert section.startswith("### ")
+    row = section.rstrip().splitlines()[-1]
+    assert [c.strip() for c in row.strip("|").split("|")] == ["PH0039", "1", "5", "0.35", "0",
+                                                              "0.000", "RPN"]
+    assert demo.mass_verdict_section(str(tmp_path / "missing.json")) is None
+    verdicts.write_text(json.dumps({"fold": 0, "masses": [dict(mass, verdict="lost")]}))
+    with pytest.raises(ValueError, match="mass 0 has no verdict among found, box head, RPN"):
+        demo.mass_verdict_section(str(verdicts))
 
 
 def test_trace_boxes_refuses_cascade_heads():

@@ -7,9 +7,12 @@ Patient-level k-fold cross-validation of the whole pipeline, resumable.
 
 For every fold K: train the breast segmentation model without fold K's validation cases, write
 fold-correct breast masks (tools/predict_breast_masks.py), train the detector on masked slices
-(tools/train_net.py --resume), evaluate FROC on fold K's whole validation cases (--eval-only).
+(tools/train_net.py --resume), evaluate FROC on fold K's whole validation cases (--eval-only),
+and trace each validation mass through the detector (tools/explain_misses.py: found, or lost at
+the RPN or the box head; OUT/detector/foldK/explain.md, verdicts.json; --no-explain skips it).
 Then tools/froc.py --folds writes the cross-fold report (per-fold curves, average curve,
-mean +- sd of sensitivity at 3.4 FP per case and CPM) next to the study's 0.874 @ 3.4, and
+mean +- sd of sensitivity at 3.4 FP per case and CPM) next to the study's 0.874 @ 3.4, the
+verdicts of all folds go into OUT/report/mass_verdicts.md, and
 tools/reduce_fp.py rescores every fold's candidates with the second-stage false-positive reducer
 trained out of fold (OUT/fp_reducer/: reduce_fp.md, the pooled FROC, the paired CPM comparison
 with the detector alone; --no-fp-reducer skips it).
@@ -43,6 +46,7 @@ from breast_d2.jobs import (
     Parallel,
     Step,
     detection_steps,
+    explain_step,
     fold_froc_dir,
     run_job_cli,
     run_steps,
@@ -103,6 +107,8 @@ def parse_args(argv=None):
                    help="more sbatch options, e.g. --slurm-args='--account=abc --qos=high'")
     p.add_argument("--no-fp-reducer", action="store_true",
                    help="skip the out-of-fold false-positive reducer after the folds")
+    p.add_argument("--no-explain", action="store_true",
+                   help="skip tracing each fold's validation masses (found / box head / RPN)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="detector config overrides KEY VALUE")
     args = p.parse_args(argv)
     check_launcher_args(p, args)
@@ -147,7 +153,16 @@ def fold_steps(args, fold):
             tool_command("predict_breast_masks", "--data", args.data, "--fold", fold,
                          "--weights", os.path.join(seg_dir, "model_last.pth"), "--resume"),
         ))
-    return steps + detection_steps(args.config_file, args.data, fold, det_dir, opts)
+    steps += detection_steps(args.config_file, args.data, fold, det_dir, opts)
+    if not args.no_explain:
+        steps.append(explain_step(det_dir, args.data, fold, *verdict_paths(det_dir, fold)))
+    return steps
+
+
+def verdict_paths(det_dir, fold):
+    """Where fold ``fold``'s explain step writes its tables and its verdict file."""
+    fold_dir = os.path.join(det_dir, f"fold{fold}")
+    return os.path.join(fold_dir, "explain.md"), os.path.join(fold_dir, "verdicts.json")
 
 
 def report_step(args):
@@ -170,9 +185,23 @@ def reducer_step(args):
     )
 
 
+def verdicts_step(args):
+    """tools/explain_misses.py --summarize: every fold's mass verdicts in one table."""
+    det_dir = os.path.join(args.out, "detector")
+    return Step(
+        "mass verdicts report",
+        tool_command("explain_misses", "--summarize",
+                     *[verdict_paths(det_dir, k)[1] for k in args.folds],
+                     "--out", os.path.join(args.out, "report", "mass_verdicts.md")),
+    )
+
+
 def report_steps(args):
-    """The cross-fold report, then the false-positive reducer (>= 2 folds, unless disabled)."""
+    """The cross-fold report, the mass verdicts (unless disabled), then the false-positive
+    reducer (>= 2 folds, unless disabled)."""
     steps = [report_step(args)]
+    if not args.no_explain:
+        steps.append(verdicts_step(args))
     if len(args.folds) > 1 and not args.no_fp_reducer:
         steps.append(reducer_step(args))
     return steps

@@ -36,6 +36,7 @@ from breast_d2.jobs import (
     Parallel,
     Step,
     detection_steps,
+    explain_step,
     fold_froc_dir,
     run_job_cli,
     run_steps,
@@ -43,6 +44,7 @@ from breast_d2.jobs import (
     tool_command,
 )
 from breast_d2.data.phantom import case_id_for
+from breast_d2.evaluation.verdicts import format_mass_table, read_verdicts
 from breast_d2.job_report import write_report
 from breast_d2.reduction import ReductionError, load_reducer
 
@@ -122,7 +124,8 @@ def build_steps(args):
         # The same weights, evaluated with the flip TTA into their own folder.
         lanes[0].append(tta_eval_step(data, fold, masked_dir, os.path.join(out, "det_masked_tta")))
     lanes[0].append(study_merge_step(fold, masked_dir, os.path.join(out, "det_masked_study")))
-    lanes[0].append(explain_step(data, fold, masked_dir, explain_path(out)))
+    lanes[0].append(explain_step(masked_dir, data, fold, explain_path(out),
+                                 explain_path(out, "json"), label="masked"))
     if reducer_refusal(args) is None:
         lanes[0].append(Step(f"FP reducer (masked) fold{fold}", tool_command(
             "reduce_fp", "--apply", DEMO_REDUCER, "--eval", fold_froc_dir(masked_dir, fold),
@@ -174,28 +177,18 @@ def study_merge_step(fold, run_dir, out_dir):
         "--no-box-fit", "--out", out_dir))
 
 
-def explain_path(out):
-    """Where :func:`explain_step` writes its tables."""
-    return os.path.join(out, "det_masked_explain.md")
+def explain_path(out, ext="md"):
+    """Where :func:`breast_d2.jobs.explain_step` writes its tables (``md``) and verdicts
+    (``json``)."""
+    return os.path.join(out, f"det_masked_explain.{ext}")
 
 
-def explain_step(data, fold, trained_dir, out_md):
-    """Each validation mass traced through ``trained_dir``'s fold model (found, or lost at the
-    RPN or the box head: tools/explain_misses.py), with the config it was trained with."""
-    fold_dir = os.path.join(trained_dir, f"fold{fold}")
-    return Step(f"explain masses (masked) fold{fold}", tool_command(
-        "explain_misses", "--config-file", os.path.join(fold_dir, "config.yaml"),
-        "--weights", os.path.join(fold_dir, "model_final.pth"), "--data", data, "--fold", fold,
-        "--out", out_md))
-
-
-def mass_verdict_section(out_md):
-    """The report's section from :func:`explain_step`'s file: its last table (one row per
-    mass); None when the file is missing."""
-    if not os.path.isfile(out_md):
+def mass_verdict_section(verdicts_json):
+    """The report's section from the explain step's verdict file (one row per mass); None when
+    the file is missing."""
+    if not os.path.isfile(verdicts_json):
         return None
-    with open(out_md, encoding="utf-8") as f:
-        mass_table = f.read().strip().split("\n\n")[-1]
+    mass_table = format_mass_table(read_verdicts(verdicts_json))
     return "\n".join([
         "### Each mass, stage by stage",
         "",
@@ -278,7 +271,7 @@ def run(args):
         os.path.join(out, "REPORT.md"), "breast_d2 demo report", runs, data, seg_table,
         mask_dir=os.path.join(data, "masks", f"fold{args.fold}"), notes=notes,
         step_times=step_times(out), pairs=pairs,
-        sections=[x for x in [mass_verdict_section(explain_path(out))] if x],
+        sections=[x for x in [mass_verdict_section(explain_path(out, "json"))] if x],
     )
     for name, froc_dir in runs.items():
         with open(os.path.join(froc_dir, "froc.json")) as f:

@@ -4,7 +4,9 @@
     python tools/explain_misses.py \\
         --config-file output/demo/det_masked/fold0/config.yaml \\
         --weights output/demo/det_masked/fold0/model_final.pth \\
-        --data output/demo/coco --fold 0 [--case PH0039 ...] [--out explain.md]
+        --data output/demo/coco --fold 0 [--case PH0039 ...] [--out explain.md] \\
+        [--json verdicts.json]
+    python tools/explain_misses.py --summarize out/detector/fold*/verdicts.json --out summary.md
 
 Every slice that holds a mass, in the given cases (default: every validation case of the
 fold), goes through the same test mapper as ``--eval-only`` (breast masking included) and
@@ -20,8 +22,13 @@ best final detection at IoU >= 0.5. One verdict per mass follows:
 
 Masses are the converted cohort's per-slice annotations (``lesion_index``). Box sizes are in
 slice pixels; the boxes are scaled with the image by the config's test-time resize before they
-are matched. The model runs as built, without the test-time flip of ``TEST.BREAST_TTA``. Plain
-two-stage models only (not the cascade).
+are matched. The model runs as built (on the config's GPU when there is one, else on the CPU),
+without the test-time flip of ``TEST.BREAST_TTA``. Plain two-stage models only (not the cascade).
+
+``--json`` also writes one row per mass with its numbers (breast_d2/evaluation/verdicts.py).
+``--summarize`` reads such files of several folds and prints (and with ``--out`` writes) the
+verdict counts per fold and pooled, and every mass that was not found: tools/cross_validate.py
+does this after its folds (OUT/report/mass_verdicts.md).
 """
 import argparse
 import logging
@@ -48,26 +55,50 @@ from breast_d2.engine import (
     load_breast_config,
 )
 from breast_d2.evaluation.tables import format_cell, markdown_table
-from breast_d2.fileio import ensure_writable_dir, write_atomic
+from breast_d2.evaluation.verdicts import (
+    format_mass_table,
+    mass_summary,
+    read_verdicts,
+    summarize_verdicts,
+    verdict_record,
+)
+from breast_d2.fileio import ensure_writable_dir, write_atomic, write_json_atomic
 from breast_d2.modeling.introspect import trace_boxes
 
 MATCH_IOU = 0.5
 
 
+TRACE_OPTIONS = ("config_file", "weights", "data", "fold")
+
+
 def parse_args(argv=None):
     p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config-file", required=True, help="the run's config (e.g. its config.yaml)")
-    p.add_argument("--weights", required=True, help="the trained detector (.pth)")
-    p.add_argument("--data", required=True, help="converted cohort folder")
-    p.add_argument("--fold", type=int, required=True, help="the fold whose validation cases to use")
+    p.add_argument("--config-file", help="the run's config (e.g. its config.yaml)")
+    p.add_argument("--weights", help="the trained detector (.pth)")
+    p.add_argument("--data", help="converted cohort folder")
+    p.add_argument("--fold", type=int, help="the fold whose validation cases to use")
     p.add_argument("--case", action="append", default=[], metavar="CASE_ID",
                    help="a validation case of the fold (repeatable; default: all of them)")
-    p.add_argument("--out", default="", help="also write both tables to this markdown file")
+    p.add_argument("--out", default="", help="also write the tables to this markdown file")
+    p.add_argument("--json", default="", help="also write one row per mass to this JSON file")
+    p.add_argument("--summarize", nargs="+", metavar="JSON",
+                   help="instead: pool these --json files (one per fold) into one table")
     p.add_argument("--min-score", type=float, default=0.5,
                    help="detection score that counts as found")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    flags = {name: "--" + name.replace("_", "-") for name in TRACE_OPTIONS}
+    if args.summarize:
+        given = [flags[name] for name in TRACE_OPTIONS if getattr(args, name) is not None]
+        given += ["--case"] * bool(args.case) + ["--json"] * bool(args.json)
+        if given or args.opts:
+            p.error(f"--summarize takes only --out, not {(given or args.opts)[0]}")
+    else:
+        missing = [flags[name] for name in TRACE_OPTIONS if getattr(args, name) is None]
+        if missing:
+            p.error(f"the following arguments are required: {', '.join(missing)}")
+    return args
 
 
 def mass_slices(dicts, case_ids):
@@ -115,18 +146,9 @@ def cases_to_explain(val_dicts, requested, where):
     return slices_by_case
 
 
-def verdict(traces, min_score):
-    """found / box head / RPN from one mass's per-slice traces (see the module docstring)."""
-    if any((t["detection_score"] or 0.0) >= min_score for t in traces):
-        return "found"
-    if any(t["matched_proposals"] for t in traces):
-        return "box head"
-    return "RPN"
-
-
 def explain(model, mapper, slices_by_case, min_score):
-    """Per-slice rows and per-mass verdict rows (formatted cells)."""
-    slice_rows, mass_rows = [], []
+    """Per-slice rows (formatted cells) and one :func:`mass_summary` dict per mass."""
+    slice_rows, masses = [], []
     bar = tqdm(total=sum(map(len, slices_by_case.values())), desc="slices with a mass",
                unit="slice")  # fmt: skip
     for case_id in sorted(slices_by_case):
@@ -149,16 +171,11 @@ def explain(model, mapper, slices_by_case, min_score):
                     format_cell(t["detection_score"]),
                 ])  # fmt: skip
             bar.update()
-        for lesion, traces in sorted(by_mass.items()):
-            best_det = max((t["detection_score"] or 0.0) for t in traces)
-            mass_rows.append([
-                case_id, lesion, len(traces), format_cell(max(t["best_iou"] for t in traces), 2),
-                sum(bool(t["matched_proposals"]) for t in traces), format_cell(best_det),
-                verdict(traces, min_score),
-            ])  # fmt: skip
+        masses += [mass_summary(case_id, lesion, traces, min_score)
+                   for lesion, traces in sorted(by_mass.items())]
     bar.close()
     slice_rows.sort(key=lambda row: tuple(row[:3]))  # case, mass, slice
-    return slice_rows, mass_rows
+    return slice_rows, masses
 
 
 def main(argv=None):
@@ -172,21 +189,27 @@ def main(argv=None):
 
 
 def _main(args):
+    if args.summarize:
+        return _summarize(args)
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(f"{args.weights}: detector weights not found")
     cfg = load_breast_config(args.config_file, args.opts)
-    cfg.MODEL.DEVICE = "cpu"
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"  # quietly: configure_fold would warn
     configure_fold(cfg, args.fold, args.data)
     slices_by_case = cases_to_explain(
         DatasetCatalog.get(dataset_name(args.fold, "val")), args.case,
         f"fold {args.fold} of {args.data}",
     )
-    if args.out:
-        ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
+    for path in (args.out, args.json):
+        if path:
+            ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
     model = build_model(cfg).eval()
     BreastCheckpointer(model).load(args.weights)  # no code from the file runs
     mapper = BreastMaskDatasetMapper(cfg, is_train=False)
-    slice_rows, mass_rows = explain(model, mapper, slices_by_case, args.min_score)
+    slice_rows, masses = explain(model, mapper, slices_by_case, args.min_score)
+    record = verdict_record(args.fold, args.min_score, MATCH_IOU, masses, data=args.data,
+                            weights=args.weights, cases=sorted(slices_by_case))
     tables = [
         markdown_table(
             ["case", "mass", "slice", "box (px)", "best proposal IoU", "its rank",
@@ -194,16 +217,28 @@ def _main(args):
              "their best head score", f"detection IoU >= {MATCH_IOU}"],
             slice_rows,
         ),
-        markdown_table(
-            ["case", "mass", "slices", "best proposal IoU",
-             f"slices with a proposal IoU >= {MATCH_IOU}", "best detection score",
-             f"verdict (min score {args.min_score})"],
-            mass_rows,
-        ),
+        format_mass_table(record),
     ]  # fmt: skip
     text = "\n\n".join(tables) + "\n"
     print(text, end="")
     if args.out:
+        write_atomic(args.out, lambda f: f.write(text))
+    if args.json:
+        write_json_atomic(args.json, record, indent=1)
+    return 0
+
+
+def _summarize(args):
+    """--summarize: the folds' verdict files pooled into one markdown text."""
+    records = [read_verdicts(path) for path in args.summarize]
+    folds = [r["fold"] for r in records]
+    repeated = sorted({k for k in folds if folds.count(k) > 1})
+    if repeated:
+        raise ValueError(f"--summarize: fold {repeated[0]} is given more than once")
+    text = summarize_verdicts(records) + "\n"
+    print(text, end="")
+    if args.out:
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
         write_atomic(args.out, lambda f: f.write(text))
     return 0
 
