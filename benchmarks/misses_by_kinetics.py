@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Which phantom masses a run finds, by enhancement-curve type: detector misses vs box misses.
+"""Which phantom masses a run finds, by enhancement-curve type or contrast: detector misses vs
+box misses.
 
     python benchmarks/misses_by_kinetics.py --phantom output/phantom_cv/phantom/phantom.json \\
         --run "default=output/phantom_cv/masked/detector/fold*/inference/*" [--run ...]
@@ -11,6 +12,8 @@ wash-out): ``seen``, some slice detection scoring >= ``--min-score`` contains th
 centre on one of its slices (the detector found it); ``hit``, some 3D candidate overlaps its box
 by 3D IoU > 0.5 at any score (merging and box fit kept it). A mass that is not seen is a detector
 miss, which no post-processing can repair. ``--list`` also names every mass not seen.
+``--by contrast`` groups the masses by their lesion-to-parenchyma signal ratio at the first
+post-contrast phase (the phantom's ``lesion_to_parenchyma_post1``: < 3, 3-6, >= 6) instead.
 """
 import argparse
 import os
@@ -34,7 +37,23 @@ def parse_args(argv=None):
     p.add_argument("--min-score", type=float, default=0.5,
                    help="slice detection score that counts as seen")
     p.add_argument("--list", action="store_true", help="also name every mass not seen")
+    p.add_argument("--by", choices=tuple(GROUPS), default="curve",
+                   help="group by curve type (default) or by lesion-to-parenchyma ratio at post 1")
     return p.parse_args(argv)
+
+
+def _contrast_band(lesion):
+    ratio = lesion.get("lesion_to_parenchyma_post1")
+    if ratio is None:
+        fail("--by contrast needs lesion_to_parenchyma_post1 in phantom.json (generator >= 2.0)")
+    return "< 3" if ratio < 3 else ("3-6" if ratio < 6 else ">= 6")
+
+
+# How masses are grouped: the table's first column and the group of one phantom lesion.
+GROUPS = {
+    "curve": ("curve type", lambda lesion: lesion["kinetics"]["curve_type"]),
+    "contrast": ("lesion / parenchyma at post 1", _contrast_band),
+}
 
 
 def _seen(box, detections, min_score):
@@ -48,8 +67,9 @@ def _seen(box, detections, min_score):
     )
 
 
-def run_counts(folders, lesions_by_case, min_score):
-    """``{curve_type: [masses, seen, hit]}`` and the masses not seen, over ``folders``."""
+def run_counts(folders, lesions_by_case, min_score, group_of=GROUPS["curve"][1]):
+    """``{group: [masses, seen, hit]}`` and the masses not seen (with their curve type), over
+    ``folders``; ``group_of(lesion)`` names a mass's group (default its curve type)."""
     counts = defaultdict(lambda: [0, 0, 0])
     not_seen = []
     for folder in folders:
@@ -64,11 +84,12 @@ def run_counts(folders, lesions_by_case, min_score):
             for lesion in lesions_by_case[cid]:
                 curve = lesion["kinetics"]["curve_type"]
                 box = lesion["box"]
+                group = group_of(lesion)
                 seen = _seen(box, case_dets, min_score)
                 hit = bool(len(case_boxes)) and bool(
                     (box_iou3d(np.array(box, float)[None], case_boxes) > 0.5).any()
                 )
-                row = counts[curve]
+                row = counts[group]
                 row[0] += 1
                 row[1] += seen
                 row[2] += hit
@@ -89,16 +110,17 @@ def _main(args):
     phantom = read_froc_json(args.phantom)
     lesions_by_case = {c["case_id"]: c["lesions"] for c in phantom["cases"]}
     rows = []
+    title, group_of = GROUPS[args.by]
     for name, pattern in parse_named_specs(args.run, "GLOB"):
         folders = glob_folders_with(pattern, "froc.json")
-        counts, not_seen = run_counts(folders, lesions_by_case, args.min_score)
-        for curve in sorted(counts):
-            n, seen, hit = counts[curve]
-            rows.append([name, curve, n, f"{seen} ({seen / n:.2f})", f"{hit} ({hit / n:.2f})"])
+        counts, not_seen = run_counts(folders, lesions_by_case, args.min_score, group_of)
+        for group in sorted(counts):
+            n, seen, hit = counts[group]
+            rows.append([name, group, n, f"{seen} ({seen / n:.2f})", f"{hit} ({hit / n:.2f})"])
         if args.list:
             for cid, curve, diameter, box in not_seen:
                 print(f"{name}: not seen {cid} type {curve} {diameter:.1f} mm box {box}")
-    header = ["run", "curve type", "masses", f"seen (slice score >= {args.min_score})",
+    header = ["run", title, "masses", f"seen (slice score >= {args.min_score})",
               "hit (a candidate, 3D IoU > 0.5)"]
     print(markdown_table(header, rows))
 

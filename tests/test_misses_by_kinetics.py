@@ -10,8 +10,9 @@ def _load():
     return load_tool("misses_by_kinetics", "benchmarks")
 
 
-def _lesion(curve, box):
-    return {"kinetics": {"curve_type": curve}, "box": box, "diameter_mm": 12.0}
+def _lesion(curve, box, ratio=8.0):
+    return {"kinetics": {"curve_type": curve}, "box": box, "diameter_mm": 12.0,
+            "lesion_to_parenchyma_post1": ratio}
 
 
 def _write(folder, name, obj):
@@ -24,7 +25,7 @@ def run_folder(tmp_path):
     phantom = {"cases": [
         {"case_id": "A", "lesions": [_lesion("I", [10, 10, 2, 16, 16, 6]),
                                      _lesion("III", [40, 40, 3, 48, 48, 7])]},
-        {"case_id": "B", "lesions": [_lesion("I", [20, 20, 1, 26, 26, 4])]},
+        {"case_id": "B", "lesions": [_lesion("I", [20, 20, 1, 26, 26, 4], ratio=2.5)]},
         {"case_id": "C", "lesions": [_lesion("II", [5, 5, 5, 9, 9, 9])]},  # not validated
     ]}
     _write(tmp_path, "phantom.json", phantom)
@@ -78,3 +79,13 @@ def test_a_matched_folder_without_froc_json_is_named(run_folder, capsys, caplog)
     _load().main(["--phantom", str(run_folder / "phantom.json"), "--run", f"x={run_folder}/fold*"])
     assert "| x     | III" in capsys.readouterr().out
     assert f"{run_folder / 'fold9'}: no froc.json, left out of {run_folder}/fold*" in caplog.text
+
+
+def test_groups_by_contrast_band(run_folder, capsys):
+    tool = _load()
+    phantom = str(run_folder / "phantom.json")
+    tool.main(["--phantom", phantom, "--run", f"x={run_folder}/fold*", "--by", "contrast"])
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [["x", "< 3", "1", "0 (0.00)", "1 (1.00)"],
+                    ["x", ">= 6", "2", "2 (1.00)", "1 (0.50)"]]
