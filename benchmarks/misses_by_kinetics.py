@@ -42,17 +42,21 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+CONTRAST_BANDS = ("< 3", "3-6", ">= 6")
+
+
 def _contrast_band(lesion):
     ratio = lesion.get("lesion_to_parenchyma_post1")
     if ratio is None:
         fail("--by contrast needs lesion_to_parenchyma_post1 in phantom.json (generator >= 2.0)")
-    return "< 3" if ratio < 3 else ("3-6" if ratio < 6 else ">= 6")
+    return CONTRAST_BANDS[0] if ratio < 3 else CONTRAST_BANDS[1 if ratio < 6 else 2]
 
 
-# How masses are grouped: the table's first column and the group of one phantom lesion.
+# How masses are grouped: the table's column title, the group of one phantom lesion, and the
+# groups' order in the table.
 GROUPS = {
-    "curve": ("curve type", lambda lesion: lesion["kinetics"]["curve_type"]),
-    "contrast": ("lesion / parenchyma at post 1", _contrast_band),
+    "curve": ("curve type", lambda lesion: lesion["kinetics"]["curve_type"], str),
+    "contrast": ("lesion / parenchyma at post 1", _contrast_band, CONTRAST_BANDS.index),
 }
 
 
@@ -110,11 +114,11 @@ def _main(args):
     phantom = read_froc_json(args.phantom)
     lesions_by_case = {c["case_id"]: c["lesions"] for c in phantom["cases"]}
     rows = []
-    title, group_of = GROUPS[args.by]
+    title, group_of, order = GROUPS[args.by]
     for name, pattern in parse_named_specs(args.run, "GLOB"):
         folders = glob_folders_with(pattern, "froc.json")
         counts, not_seen = run_counts(folders, lesions_by_case, args.min_score, group_of)
-        for group in sorted(counts):
+        for group in sorted(counts, key=order):
             n, seen, hit = counts[group]
             rows.append([name, group, n, f"{seen} ({seen / n:.2f})", f"{hit} ({hit / n:.2f})"])
         if args.list:

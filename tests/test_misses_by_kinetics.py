@@ -24,8 +24,8 @@ def _write(folder, name, obj):
 def run_folder(tmp_path):
     phantom = {"cases": [
         {"case_id": "A", "lesions": [_lesion("I", [10, 10, 2, 16, 16, 6]),
-                                     _lesion("III", [40, 40, 3, 48, 48, 7])]},
-        {"case_id": "B", "lesions": [_lesion("I", [20, 20, 1, 26, 26, 4], ratio=2.5)]},
+                                     _lesion("III", [40, 40, 3, 48, 48, 7], ratio=2.0)]},
+        {"case_id": "B", "lesions": [_lesion("I", [20, 20, 1, 26, 26, 4], ratio=4.0)]},
         {"case_id": "C", "lesions": [_lesion("II", [5, 5, 5, 9, 9, 9])]},  # not validated
     ]}
     _write(tmp_path, "phantom.json", phantom)
@@ -87,5 +87,6 @@ def test_groups_by_contrast_band(run_folder, capsys):
     tool.main(["--phantom", phantom, "--run", f"x={run_folder}/fold*", "--by", "contrast"])
     rows = [[c.strip() for c in line.strip("|").split("|")]
             for line in capsys.readouterr().out.splitlines()[2:]]
-    assert rows == [["x", "< 3", "1", "0 (0.00)", "1 (1.00)"],
-                    ["x", ">= 6", "2", "2 (1.00)", "1 (0.50)"]]
+    assert rows == [["x", "< 3", "1", "1 (1.00)", "0 (0.00)"],  # in band order, not by text
+                    ["x", "3-6", "1", "0 (0.00)", "1 (1.00)"],
+                    ["x", ">= 6", "1", "1 (1.00)", "1 (1.00)"]]
