@@ -487,15 +487,37 @@ def test_demo_report_takes_the_per_mass_table_of_explain_misses(tmp_path):
         demo.mass_verdict_section(str(verdicts))
 
 
-def test_trace_boxes_refuses_cascade_heads():
+def test_trace_boxes_follows_cascade_heads_to_the_models_own_detections():
+    """A cascade (three box stages): the traced detection scores are the model's own, and each
+    proposal's head score is its stages' average, the score the cascade's inference ranks."""
     from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, pairwise_iou
 
     from breast_d2.engine import load_breast_config
     from breast_d2.modeling.introspect import trace_boxes
 
-    cfg = load_breast_config(QUICK.replace("frcnn_r18_quick", "frcnn_r18_cascade_quick"))
+    cfg = load_breast_config(QUICK.replace("frcnn_r18_quick", "frcnn_r18_cascade_quick"),
+                             ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
     cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg).eval()
-    image_input = {"image": torch.zeros(3, 96, 96, dtype=torch.uint8)}
-    with pytest.raises(ValueError, match="CascadeROIHeads has one per stage"):
-        trace_boxes(model, image_input, torch.tensor([[10.0, 10.0, 20.0, 20.0]]))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()  # random weights: the stages still disagree, as they must
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 96, 96), np.uint8))
+    image_input = {"image": image}
+    with torch.no_grad():
+        inst = model([{"image": image}])[0]["instances"]
+    assert len(inst) > 1
+    boxes = torch.cat([inst.pred_boxes.tensor[:8], torch.tensor([[0.0, 0.0, 1.0, 1.0]])])
+    traces = trace_boxes(model, image_input, boxes)
+    iou = pairwise_iou(Boxes(boxes), inst.pred_boxes)
+    for i, t in enumerate(traces):
+        hits = iou[i] >= 0.5
+        if hits.any():
+            assert t["detection_score"] == pytest.approx(float(inst.scores[hits].max()), abs=1e-5)
+        else:
+            assert t["detection_score"] is None
+        if t["best_head_score"] is not None:
+            assert 0.0 <= t["best_head_score"] <= 1.0
+    # Every detection's score is some proposal's stage-averaged head score (one class here).
+    head_scores = [t["matched_head_score"] for t in traces[:8] if t["matched_head_score"]]
+    assert head_scores and max(head_scores) >= float(inst.scores.max()) - 1e-5
+

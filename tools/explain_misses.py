@@ -23,7 +23,8 @@ best final detection at IoU >= 0.5. One verdict per mass follows:
 Masses are the converted cohort's per-slice annotations (``lesion_index``). Box sizes are in
 slice pixels; the boxes are scaled with the image by the config's test-time resize before they
 are matched. The model runs as built (on the config's GPU when there is one, else on the CPU),
-without the test-time flip of ``TEST.BREAST_TTA``. Plain two-stage models only (not the cascade).
+without the test-time flip of ``TEST.BREAST_TTA``. With cascade box heads the head score is
+the foreground probability averaged over the stages, as the cascade's inference ranks boxes.
 
 ``--json`` also writes one row per mass with its numbers (breast_d2/evaluation/verdicts.py).
 ``--summarize`` reads such files of several folds and prints (and with ``--out`` writes) the

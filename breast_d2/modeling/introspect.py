@@ -6,8 +6,10 @@ scores as background. :func:`trace_boxes` runs one image through the model's sta
 reports, for each given box, what each stage did with it. ``tools/explain_misses.py``
 prints these per mass and slice of a converted cohort.
 
-Works with detectron2's ``GeneralizedRCNN`` and ``StandardROIHeads`` (the study's Faster R-CNN);
-``CascadeROIHeads`` has a box head per stage and is refused.
+Works with detectron2's ``GeneralizedRCNN`` with ``StandardROIHeads`` (the study's Faster R-CNN)
+or ``CascadeROIHeads``. A cascade's "head score" of a proposal is what its inference ranks: the
+foreground probability averaged over the stages, each stage scoring the box the previous one
+regressed from that proposal.
 """
 import logging
 from typing import Dict, List
@@ -15,7 +17,8 @@ from typing import Dict, List
 import torch
 
 from detectron2.modeling.roi_heads import CascadeROIHeads
-from detectron2.structures import Boxes, pairwise_iou
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+from detectron2.structures import Boxes, Instances, pairwise_iou
 
 __all__ = ["trace_boxes"]
 
@@ -29,7 +32,8 @@ def trace_boxes(
     """Follow ``boxes_xyxy`` through the RPN, the box head and the final detections of one image.
 
     Args:
-        model: a ``GeneralizedRCNN`` in eval mode with ``StandardROIHeads``.
+        model: a ``GeneralizedRCNN`` in eval mode with ``StandardROIHeads`` or
+            ``CascadeROIHeads``.
         image_input: detectron2's input dict with ``"image"`` a ``[C, H, W]`` tensor as the test
             mapper returns it (already resized; no ``"height"``/``"width"`` rescaling is done).
         boxes_xyxy: ``[N, 4]`` float boxes ``(x0, y0, x1, y1)`` in pixels of ``image_input``'s
@@ -44,7 +48,8 @@ def trace_boxes(
           ``best_rank``: that proposal's 1-based rank by objectness among all proposals;
           ``best_objectness``: its objectness logit;
           ``best_head_score``: the box head's foreground probability for that proposal (the
-          highest over classes, before box regression and NMS);
+          highest over classes, before box regression and NMS; a cascade's is averaged over its
+          stages);
           ``matched_proposals``: proposals at IoU >= ``match_iou``;
           ``matched_head_score``: the highest head score among those, or None;
           ``detection_score``: the highest score of a final detection (after regression,
@@ -52,30 +57,28 @@ def trace_boxes(
           or None.
 
     Raises:
-        ValueError: the model is not a two-stage detector with a single box head, or is in
-            training mode.
+        ValueError: the model is not a two-stage detector, or is in training mode.
     """
     if model.training:
         raise ValueError("trace_boxes: call model.eval() first")
     roi_heads = getattr(model, "roi_heads", None)
     if roi_heads is None or getattr(model, "proposal_generator", None) is None:
         raise ValueError("trace_boxes needs a two-stage detector (GeneralizedRCNN with an RPN)")
-    if isinstance(roi_heads, CascadeROIHeads):
-        raise ValueError(
-            "trace_boxes traces one box head; CascadeROIHeads has one per stage (not supported)"
-        )
     images = model.preprocess_image([image_input])
     features = model.backbone(images.tensor)
     proposals, _ = model.proposal_generator(images, features, None)
     props = proposals[0]
     head_features = [features[f] for f in roi_heads.box_in_features]
-    box_features = roi_heads.box_head(roi_heads.box_pooler(head_features, [props.proposal_boxes]))
-    predictions = roi_heads.box_predictor(box_features)
-    # predict_probs: [R, K + 1] with background last; the foreground score is the best class.
-    head_scores = roi_heads.box_predictor.predict_probs(predictions, [props])[0][:, :-1]
-    head_scores = head_scores.max(dim=1).values  # [R]
-    detections, _ = roi_heads.box_predictor.inference(predictions, [props])
-    dets = detections[0]
+    if isinstance(roi_heads, CascadeROIHeads):
+        class_probs, dets = _cascade_head(roi_heads, head_features, props)
+    else:
+        predictions = roi_heads.box_predictor(
+            roi_heads.box_head(roi_heads.box_pooler(head_features, [props.proposal_boxes]))
+        )
+        class_probs = roi_heads.box_predictor.predict_probs(predictions, [props])[0]
+        dets = roi_heads.box_predictor.inference(predictions, [props])[0][0]
+    # class_probs: [R, K + 1] with background last; the foreground score is the best class.
+    head_scores = class_probs[:, :-1].max(dim=1).values  # [R]
 
     gt = Boxes(boxes_xyxy.to(dtype=torch.float32, device=props.proposal_boxes.device))
     order = torch.argsort(props.objectness_logits, descending=True)
@@ -105,3 +108,22 @@ def trace_boxes(
                 trace["detection_score"] = float(dets.scores[hits].max())
         traces.append(trace)
     return traces
+
+
+def _cascade_head(roi_heads: CascadeROIHeads, head_features, props: Instances):
+    """``([R, K + 1] class probabilities averaged over the stages, final detections)`` of one
+    image's proposals, as ``CascadeROIHeads._forward_box`` computes them at inference."""
+    image_sizes = [props.image_size]
+    stage_props, stage_probs, last = [props], [], None
+    for k in range(roi_heads.num_cascade_stages):
+        if k > 0:  # each stage scores the boxes the previous one regressed
+            stage_props = roi_heads._create_proposals_from_boxes(last[2], image_sizes)
+        predictions = roi_heads._run_stage(head_features, stage_props, k)
+        predictor = roi_heads.box_predictor[k]
+        stage_probs.append(predictor.predict_probs(predictions, stage_props)[0])
+        last = (predictor, predictions, predictor.predict_boxes(predictions, stage_props))
+    class_probs = sum(stage_probs) / roi_heads.num_cascade_stages
+    predictor, _, boxes = last
+    dets, _ = fast_rcnn_inference(boxes, [class_probs], image_sizes, predictor.test_score_thresh,
+                                  predictor.test_nms_thresh, predictor.test_topk_per_image)
+    return class_probs, dets[0]
