@@ -197,8 +197,8 @@ def test_submitit_fold_jobs_give_the_local_launchers_numbers(converted, tmp_path
         # 2-iteration detectors find no mass: nothing for the reducer to learn from.
         argv = ["--config-file", QUICK, "--data", converted.data, "--folds", "0,1", "--masks", "gt",
                 "--out", outs[launcher], "--launcher", launcher, "--no-fp-reducer"]
-        if launcher != "local":
-            argv += ["--timeout", "20"]
+        if launcher != "local":  # the fold jobs run the local launcher's steps; one trace is enough
+            argv += ["--timeout", "20", "--no-explain"]
         cv.run(cv.parse_args(argv))
     sub_logs = glob.glob(os.path.join(outs["submitit-local"], "logs", "slurm", "*_log.out"))
     assert len(sub_logs) == 2  # one job per fold, which trained and evaluated its fold
@@ -213,15 +213,14 @@ def test_submitit_fold_jobs_give_the_local_launchers_numbers(converted, tmp_path
         local, sub = (_read_json(os.path.join(outs[k], rel)) for k in outs)
         assert local == sub
         assert local["case_ids"]  # the fold's validation cases were evaluated
-        verdicts = os.path.join("detector", f"fold{fold}", "verdicts.json")
-        local, sub = (_read_json(os.path.join(outs[k], verdicts), outs[k]) for k in outs)
-        assert local == sub and local["masses"]  # each fold job traced its fold's masses
+        verdicts = _read_json(os.path.join(outs["local"], "detector", f"fold{fold}",
+                                           "verdicts.json"))
+        assert verdicts["fold"] == fold and verdicts["masses"]  # the fold's masses were traced
+        assert not os.path.exists(os.path.join(outs["submitit-local"], "detector", f"fold{fold}",
+                                               "verdicts.json"))  # --no-explain
     # the cross-fold report, with each job folder's path replaced by OUT
     reports = [_read_json(os.path.join(out, "report", "froc_folds.json"), out)
                for out in outs.values()]
     assert reports[0] == reports[1]
-    summaries = []
-    for out in outs.values():
-        with open(os.path.join(out, "report", "mass_verdicts.md")) as f:
-            summaries.append(f.read())
-    assert summaries[0] == summaries[1] and "| pooled" in summaries[0]
+    with open(os.path.join(outs["local"], "report", "mass_verdicts.md")) as f:
+        assert "| pooled" in f.read()
