@@ -68,6 +68,8 @@ from breast_d2.modeling.introspect import trace_boxes
 
 MATCH_IOU = 0.5
 
+logger = logging.getLogger("breast_d2.explain_misses")
+
 
 TRACE_OPTIONS = ("config_file", "weights", "data", "fold")
 
@@ -131,8 +133,9 @@ def cases_to_explain(val_dicts, requested, where):
     """:func:`mass_slices` of the ``requested`` validation cases (all of them when empty).
 
     Raises:
-        ValueError: a requested case that is not in ``val_dicts`` or has no mass there, or no
-            case with a mass at all; the message names the case and ``where``.
+        ValueError: a requested case that is not in ``val_dicts`` or has no mass there; the
+            message names the case and ``where``. No case with a mass at all is a warning (an
+            empty result), since a fold of a small cohort may have none.
     """
     val_cases = {d["case_id"] for d in val_dicts}
     for case_id in requested:
@@ -142,8 +145,8 @@ def cases_to_explain(val_dicts, requested, where):
     for case_id in requested:
         if case_id not in slices_by_case:
             raise ValueError(f"case {case_id} has no annotated mass in {where}")
-    if not slices_by_case:
-        raise ValueError(f"{where} has no validation case with a mass")
+    if not slices_by_case:  # not an error: a small cohort's fold can lack masses (CV steps)
+        logger.warning(f"{where} has no validation case with a mass: nothing to trace")
     return slices_by_case
 
 

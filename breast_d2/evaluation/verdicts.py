@@ -15,7 +15,7 @@ Verdicts, at a detection score threshold ``min_score`` and the matching IoU (0.5
 - ``RPN``: no proposal matches on any slice.
 """
 import json
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from .tables import format_cell, markdown_table
 
@@ -90,7 +90,7 @@ def _mass_cells(mass: Mapping) -> List[str]:
             format_cell(mass["best_detection_score"]), mass["verdict"]]
 
 
-def format_mass_table(record: Mapping, masses: Sequence[Mapping] = None,
+def format_mass_table(record: Mapping, masses: Optional[Sequence[Mapping]] = None,
                       fold_column: bool = False) -> str:
     """One row per mass (``masses``, default all of ``record``'s), optionally with its fold."""
     headers = [h.format(iou=record["match_iou"], score=record["min_score"]) for h in MASS_HEADERS]
