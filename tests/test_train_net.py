@@ -357,6 +357,7 @@ def test_trace_boxes_agrees_with_the_models_own_detections(trained):
     iou = pairwise_iou(Boxes(boxes), inst.pred_boxes)
     hit_scores = [inst.scores[row >= 0.5] for row in iou]
     assert any(len(h) >= 2 and h.max() > h.min() for h in hit_scores)  # the test can tell
+    centres = Boxes(boxes).get_centers()
     for i, t in enumerate(traces):
         hits = iou[i] >= 0.5
         expected = float(inst.scores[hits].max()) if hits.any() else None
@@ -364,6 +365,14 @@ def test_trace_boxes_agrees_with_the_models_own_detections(trained):
             assert t["detection_score"] is None
         else:
             assert t["detection_score"] == pytest.approx(expected, abs=1e-5)
+        (x, y), d = centres[i], dets
+        over = (d[:, 0] <= x) & (x <= d[:, 2]) & (d[:, 1] <= y) & (y <= d[:, 3])
+        if over.any():
+            k = int(torch.nonzero(over).flatten()[inst.scores[over].argmax()])
+            assert t["centre_detection_score"] == pytest.approx(float(inst.scores[k]), abs=1e-5)
+            assert t["centre_detection_iou"] == pytest.approx(float(iou[i, k]), abs=1e-5)
+        else:
+            assert t["centre_detection_score"] is None and t["centre_detection_iou"] is None
         assert t["proposals"] > 0
         if t["best_rank"] is None:  # no proposal overlaps the box
             assert t["best_iou"] == 0.0 and t["best_head_score"] is None
@@ -379,13 +388,15 @@ def test_trace_boxes_agrees_with_the_models_own_detections(trained):
 
 
 def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, capsys):
-    from breast_d2.evaluation.verdicts import mass_verdict
+    from breast_d2.evaluation.verdicts import VERDICTS, mass_verdict
 
     explain_misses = load_tool("explain_misses")
-    found = {"detection_score": 0.7, "matched_proposals": 1}
-    low = {"detection_score": 0.3, "matched_proposals": 2}
-    unproposed = {"detection_score": None, "matched_proposals": 0}
+    found = {"detection_score": 0.7, "centre_detection_score": 0.7, "matched_proposals": 1}
+    low = {"detection_score": 0.3, "centre_detection_score": 0.3, "matched_proposals": 2}
+    boxed_small = {"detection_score": None, "centre_detection_score": 0.9, "matched_proposals": 1}
+    unproposed = {"detection_score": None, "centre_detection_score": None, "matched_proposals": 0}
     assert mass_verdict([unproposed, found], 0.5) == "found"
+    assert mass_verdict([low, boxed_small], 0.5) == "box off"
     assert mass_verdict([low, unproposed], 0.5) == "box head"
     assert mass_verdict([unproposed, unproposed], 0.5) == "RPN"
     with open(os.path.join(trained["data"], "splits.json")) as f:
@@ -402,7 +413,7 @@ def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, 
     def verdict_rows(text, case_ids):
         return [line for line in text.splitlines() if line.startswith("|")
                 and line.split("|")[1].strip() in case_ids
-                and line.rstrip(" |").split("|")[-1].strip() in ("found", "box head", "RPN")]
+                and line.rstrip(" |").split("|")[-1].strip() in VERDICTS]
 
     assert explain_misses.main([*base, "--case", case_id, *opts]) == 0
     assert len(verdict_rows(capsys.readouterr().out, {case_id})) == sum(
@@ -434,8 +445,7 @@ def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, 
     pooled = [line for line in printed.splitlines() if line.startswith("| pooled")][0]
     counts = [c.strip() for c in pooled.strip("|").split("|")[1:]]
     verdicts = [m["verdict"] for m in record["masses"] + other["masses"]]
-    assert counts == [str(len(verdicts))] + [str(verdicts.count(v))
-                                             for v in ("found", "box head", "RPN")]
+    assert counts == [str(len(verdicts))] + [str(verdicts.count(v)) for v in VERDICTS]
     with open(summary_md, encoding="utf-8") as f:
         assert f.read() == printed
     for argv, why in ((["--summarize", out_json, out_json], "fold 0 is given more than once"),
@@ -475,17 +485,18 @@ def test_demo_report_takes_the_per_mass_table_of_explain_misses(tmp_path):
     demo = load_tool("demo")
     verdicts = tmp_path / "det_masked_explain.json"
     mass = {"case_id": "PH0039", "lesion_index": 1, "slices": 5, "best_proposal_iou": 0.35,
-            "slices_with_proposal": 0, "best_detection_score": 0.0, "verdict": "RPN"}
+            "slices_with_proposal": 0, "best_detection_score": 0.0, "best_centre_score": 0.21,
+            "best_centre_iou": 0.3, "verdict": "RPN"}
     verdicts.write_text(json.dumps({"fold": 0, "min_score": 0.5, "match_iou": 0.5,
                                     "masses": [mass]}))
     section = demo.mass_verdict_section(str(verdicts))
     assert section.startswith("### ")
     row = section.rstrip().splitlines()[-1]
     assert [c.strip() for c in row.strip("|").split("|")] == ["PH0039", "1", "5", "0.35", "0",
-                                                              "0.000", "RPN"]
+                                                              "0.000", "0.210 (0.30)", "RPN"]
     assert demo.mass_verdict_section(str(tmp_path / "missing.json")) is None
     verdicts.write_text(json.dumps({"fold": 0, "masses": [dict(mass, verdict="lost")]}))
-    with pytest.raises(ValueError, match="mass 0 has no verdict among found, box head, RPN"):
+    with pytest.raises(ValueError, match="mass 0 has no verdict among found, box off, box head"):
         demo.mass_verdict_section(str(verdicts))
 
 

@@ -14,8 +14,8 @@ The main job on the synthetic cohort (``make demo``), resumable:
   8. the study baseline: re-merge the masked detections as the study does (the union of the
      slice boxes, no box fit; post hoc: tools/froc.py --detections --box-merge union
      --no-box-fit)
-  9. trace every validation mass through the masked detector: found, or lost at the RPN or at
-     the box head (tools/explain_misses.py)
+  9. trace every validation mass through the masked detector: found, boxed off, or lost at the
+     box head or the RPN (tools/explain_misses.py)
  10. rescore the masked candidates with the benchmark's saved false-positive reducer
      (models/phantom_fp_reducer: trained on other cases, never on the demo's; tools/reduce_fp.py
      --apply; --no-fp-reducer skips it)
@@ -194,7 +194,8 @@ def mass_verdict_section(verdicts_json):
         "",
         "The masked detector's view of every mass of the validation fold "
         "(`tools/explain_misses.py`; per slice in det_masked_explain.md): found (a detection at "
-        "IoU >= 0.5 scoring >= 0.5 on some slice), lost at the box head (proposed at IoU >= 0.5, "
+        "IoU >= 0.5 scoring >= 0.5 on some slice), box off (a detection scoring >= 0.5 covers "
+        "its centre, but none reaches IoU 0.5), lost at the box head (proposed at IoU >= 0.5, "
         "scored low) or at the RPN (never proposed at IoU >= 0.5). Slice detections only: the 3D "
         "merge and the box fit come after this, in the tables above.",
         "",

@@ -16,9 +16,11 @@ image's proposals), what the box head scored that proposal (foreground probabili
 best final detection at IoU >= 0.5. One verdict per mass follows:
 
   found       a final detection at IoU >= 0.5 scores >= --min-score on some slice;
-  box head    a proposal reaches IoU >= 0.5 on some slice, but no detection at IoU >= 0.5
-              scores >= --min-score on any slice (the head rejected it, or moved it off);
-  RPN         no proposal reaches IoU >= 0.5 on any slice.
+  box off     not found, but a detection scoring >= --min-score covers the mass's centre on
+              some slice (seen, and boxed too small, too large or off-centre);
+  box head    neither, but a proposal reaches IoU >= 0.5 on some slice (the head scored it
+              low, or moved it off);
+  RPN         none of these: no proposal reaches IoU >= 0.5 on any slice.
 
 Masses are the converted cohort's per-slice annotations (``lesion_index``). Box sizes are in
 slice pixels; the boxes are scaled with the image by the config's test-time resize before they
@@ -173,6 +175,8 @@ def explain(model, mapper, slices_by_case, min_score):
                     format_cell(t["best_objectness"], 2), format_cell(t["best_head_score"]),
                     t["matched_proposals"], format_cell(t["matched_head_score"]),
                     format_cell(t["detection_score"]),
+                    format_cell(t["centre_detection_score"]) if t["centre_detection_score"] is None
+                    else f"{t['centre_detection_score']:.3f} ({t['centre_detection_iou']:.2f})",
                 ])  # fmt: skip
             bar.update()
         masses += [mass_summary(case_id, lesion, traces, min_score)
@@ -218,7 +222,8 @@ def _main(args):
         markdown_table(
             ["case", "mass", "slice", "box (px)", "best proposal IoU", "its rank",
              "objectness", "head score", f"proposals IoU >= {MATCH_IOU}",
-             "their best head score", f"detection IoU >= {MATCH_IOU}"],
+             "their best head score", f"detection IoU >= {MATCH_IOU}",
+             "detection over its centre (IoU)"],
             slice_rows,
         ),
         format_mass_table(record),

@@ -11,13 +11,15 @@ and tables.
 Verdicts, at a detection score threshold ``min_score`` and the matching IoU (0.5):
 
 - ``found``: a final detection matches the mass's box and scores >= ``min_score`` on some slice;
-- ``box head``: a proposal matches on some slice, but no matching detection scores enough;
-- ``RPN``: no proposal matches on any slice.
+- ``box off``: not found, but a detection scoring >= ``min_score`` covers the mass's centre on
+  some slice: the detector saw the mass and boxed it too small, too large or off-centre;
+- ``box head``: neither, but a proposal matches on some slice (the head scored it low);
+- ``RPN``: none of these: no proposal matches on any slice.
 """
 import json
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from .tables import format_cell, markdown_table
+from .tables import MISSING, format_cell, markdown_table
 
 __all__ = [
     "VERDICTS",
@@ -29,14 +31,17 @@ __all__ = [
     "summarize_verdicts",
 ]
 
-VERDICTS = ("found", "box head", "RPN")
+VERDICTS = ("found", "box off", "box head", "RPN")
 
 
 def mass_verdict(traces: Sequence[Mapping], min_score: float) -> str:
     """One of :data:`VERDICTS` from a mass's per-slice traces (``trace_boxes`` dicts: at least
-    ``detection_score`` (None: no match) and ``matched_proposals``)."""
+    ``detection_score`` and ``centre_detection_score`` (None: no such detection) and
+    ``matched_proposals``)."""
     if any((t["detection_score"] or 0.0) >= min_score for t in traces):
         return "found"
+    if any((t["centre_detection_score"] or 0.0) >= min_score for t in traces):
+        return "box off"
     if any(t["matched_proposals"] for t in traces):
         return "box head"
     return "RPN"
@@ -45,7 +50,9 @@ def mass_verdict(traces: Sequence[Mapping], min_score: float) -> str:
 def mass_summary(case_id: str, lesion_index: int, traces: Sequence[Mapping],
                  min_score: float) -> Dict:
     """One mass's row of a verdict file: its slices, best proposal IoU, slices with a matching
-    proposal, best matching detection score (0.0 when none) and verdict."""
+    proposal, best matching detection score (0.0 when none), the best score of a detection over
+    its centre with that detection's IoU (0.0 and None when none), and the verdict."""
+    centre = max(traces, key=lambda t: t["centre_detection_score"] or 0.0)
     return {
         "case_id": case_id,
         "lesion_index": int(lesion_index),
@@ -53,6 +60,8 @@ def mass_summary(case_id: str, lesion_index: int, traces: Sequence[Mapping],
         "best_proposal_iou": max(float(t["best_iou"]) for t in traces),
         "slices_with_proposal": sum(bool(t["matched_proposals"]) for t in traces),
         "best_detection_score": max(float(t["detection_score"] or 0.0) for t in traces),
+        "best_centre_score": float(centre["centre_detection_score"] or 0.0),
+        "best_centre_iou": centre["centre_detection_iou"],
         "verdict": mass_verdict(traces, min_score),
     }
 
@@ -81,13 +90,17 @@ def read_verdicts(path: str) -> Dict:
 
 MASS_HEADERS = ["case", "mass", "slices", "best proposal IoU",
                 "slices with a proposal IoU >= {iou}", "best detection score",
-                "verdict (min score {score})"]
+                "best detection over its centre (IoU)", "verdict (min score {score})"]
 
 
 def _mass_cells(mass: Mapping) -> List[str]:
+    centre = MISSING
+    if mass.get("best_centre_iou") is not None:  # files from before the field: n/a
+        centre = (f"{format_cell(mass['best_centre_score'])} "
+                  f"({format_cell(mass['best_centre_iou'], 2)})")
     return [mass["case_id"], str(mass["lesion_index"]), str(mass["slices"]),
             format_cell(mass["best_proposal_iou"], 2), str(mass["slices_with_proposal"]),
-            format_cell(mass["best_detection_score"]), mass["verdict"]]
+            format_cell(mass["best_detection_score"]), centre, mass["verdict"]]
 
 
 def format_mass_table(record: Mapping, masses: Optional[Sequence[Mapping]] = None,

@@ -54,7 +54,11 @@ def trace_boxes(
           ``matched_head_score``: the highest head score among those, or None;
           ``detection_score``: the highest score of a final detection (after regression,
           score threshold and NMS, as ``model(...)`` returns them) at IoU >= ``match_iou``,
-          or None.
+          or None;
+          ``centre_detection_score``: the highest score of a final detection whose box
+          contains the box's centre, whatever its IoU, or None; ``centre_detection_iou``: that
+          detection's IoU with the box (a found mass boxed too small or too large has a high
+          score here and an IoU < ``match_iou``).
 
     Raises:
         ValueError: the model is not a two-stage detector, or is in training mode.
@@ -86,11 +90,19 @@ def trace_boxes(
     rank_of[order] = torch.arange(len(order), device=order.device)
     prop_iou = pairwise_iou(gt, props.proposal_boxes)  # [N, R]
     det_iou = pairwise_iou(gt, dets.pred_boxes)  # [N, D]
+    centres = gt.get_centers()  # [N, 2] (x, y)
+    det_xyxy = dets.pred_boxes.tensor  # [D, 4]
+    # covers[i, d]: detection d's box contains box i's centre (edges included). [N, D]
+    covers = ((det_xyxy[None, :, 0] <= centres[:, None, 0])
+              & (centres[:, None, 0] <= det_xyxy[None, :, 2])
+              & (det_xyxy[None, :, 1] <= centres[:, None, 1])
+              & (centres[:, None, 1] <= det_xyxy[None, :, 3]))
     traces = []
     for i in range(len(gt)):
         trace = {"proposals": len(props), "best_iou": 0.0, "best_rank": None,
                  "best_objectness": None, "best_head_score": None, "matched_proposals": 0,
-                 "matched_head_score": None, "detection_score": None}  # fmt: skip
+                 "matched_head_score": None, "detection_score": None,
+                 "centre_detection_score": None, "centre_detection_iou": None}  # fmt: skip
         if len(props) and float(prop_iou[i].max()) > 0.0:
             j = int(prop_iou[i].argmax())
             matched = prop_iou[i] >= match_iou
@@ -106,6 +118,11 @@ def trace_boxes(
             hits = det_iou[i] >= match_iou
             if hits.any():
                 trace["detection_score"] = float(dets.scores[hits].max())
+            over_centre = torch.nonzero(covers[i]).flatten()
+            if len(over_centre):
+                k = over_centre[dets.scores[over_centre].argmax()]
+                trace.update(centre_detection_score=float(dets.scores[k]),
+                             centre_detection_iou=float(det_iou[i, k]))
         traces.append(trace)
     return traces
 
