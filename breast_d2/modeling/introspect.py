@@ -131,16 +131,17 @@ def _cascade_head(roi_heads: CascadeROIHeads, head_features, props: Instances):
     """``([R, K + 1] class probabilities averaged over the stages, final detections)`` of one
     image's proposals, as ``CascadeROIHeads._forward_box`` computes them at inference."""
     image_sizes = [props.image_size]
-    stage_props, stage_probs, last = [props], [], None
+    stage_props, stage_probs, regressed = [props], [], None
     for k in range(roi_heads.num_cascade_stages):
         if k > 0:  # each stage scores the boxes the previous one regressed
-            stage_props = roi_heads._create_proposals_from_boxes(last[2], image_sizes)
+            stage_props = roi_heads._create_proposals_from_boxes(regressed, image_sizes)
         predictions = roi_heads._run_stage(head_features, stage_props, k)
         predictor = roi_heads.box_predictor[k]
         stage_probs.append(predictor.predict_probs(predictions, stage_props)[0])
-        last = (predictor, predictions, predictor.predict_boxes(predictions, stage_props))
+        regressed = predictor.predict_boxes(predictions, stage_props)  # per image [R, 4 or 4K]
     class_probs = sum(stage_probs) / roi_heads.num_cascade_stages
-    predictor, _, boxes = last
-    dets, _ = fast_rcnn_inference(boxes, [class_probs], image_sizes, predictor.test_score_thresh,
-                                  predictor.test_nms_thresh, predictor.test_topk_per_image)
+    # The last stage's boxes and predictor settings, as the cascade's own inference uses.
+    dets, _ = fast_rcnn_inference(regressed, [class_probs], image_sizes,
+                                  predictor.test_score_thresh, predictor.test_nms_thresh,
+                                  predictor.test_topk_per_image)
     return class_probs, dets[0]
