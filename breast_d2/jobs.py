@@ -268,8 +268,8 @@ def detection_steps(
 def explain_step(trained_dir: str, data: str, fold: int, out_md: str, out_json: str,
                  label: str = "detector") -> Step:
     """Each validation mass of fold ``fold`` traced through ``trained_dir``'s fold model, with
-    the config it was trained with (tools/explain_misses.py: found, or lost at the RPN or the
-    box head): the tables to ``out_md``, one row per mass to ``out_json``."""
+    the config it was trained with (tools/explain_misses.py: found, box off, or lost at the box
+    head or the RPN): the tables to ``out_md``, one row per mass to ``out_json``."""
     fold_dir = os.path.join(trained_dir, f"fold{fold}")
     return Step(f"explain masses ({label}) fold{fold}", tool_command(
         "explain_misses", "--config-file", os.path.join(fold_dir, "config.yaml"),

@@ -90,3 +90,15 @@ def test_groups_by_contrast_band(run_folder, capsys):
     assert rows == [["x", "< 3", "1", "1 (1.00)", "0 (0.00)"],  # in band order, not by text
                     ["x", "3-6", "1", "0 (0.00)", "1 (1.00)"],
                     ["x", ">= 6", "1", "1 (1.00)", "1 (1.00)"]]
+
+
+def test_contrast_bands_need_the_phantoms_ratio(run_folder, capsys):
+    with open(run_folder / "phantom.json") as f:
+        phantom = json.load(f)
+    del phantom["cases"][0]["lesions"][0]["lesion_to_parenchyma_post1"]
+    _write(run_folder, "old_phantom.json", phantom)
+    with pytest.raises(SystemExit):
+        _load().main(["--phantom", str(run_folder / "old_phantom.json"), "--run",
+                      f"x={run_folder}/fold*", "--by", "contrast"])
+    err = capsys.readouterr().err
+    assert "needs lesion_to_parenchyma_post1" in err and len(err.strip().splitlines()) == 1

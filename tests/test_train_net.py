@@ -450,7 +450,9 @@ def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, 
         assert f.read() == printed
     for argv, why in ((["--summarize", out_json, out_json], "fold 0 is given more than once"),
                       (["--summarize", out_md], "not JSON"),
-                      (["--summarize", out_json, "--fold", "0"], "takes only --out, not --fold")):
+                      (["--summarize", out_json, "--fold", "0"], "takes only --out, not --fold"),
+                      (["--summarize", out_json, "--min-score", "0.3"],
+                       "takes only --out, not --min-score")):
         with pytest.raises(SystemExit) as e:
             explain_misses.main(argv)
         assert e.value.code == 2

@@ -8,8 +8,9 @@ Patient-level k-fold cross-validation of the whole pipeline, resumable.
 For every fold K: train the breast segmentation model without fold K's validation cases, write
 fold-correct breast masks (tools/predict_breast_masks.py), train the detector on masked slices
 (tools/train_net.py --resume), evaluate FROC on fold K's whole validation cases (--eval-only),
-and trace each validation mass through the detector (tools/explain_misses.py: found, or lost at
-the RPN or the box head; OUT/detector/foldK/explain.md, verdicts.json; --no-explain skips it).
+and trace each validation mass through the detector (tools/explain_misses.py: found, box off, or
+lost at the box head or the RPN; OUT/detector/foldK/explain.md, verdicts.json; --no-explain
+skips it).
 Then tools/froc.py --folds writes the cross-fold report (per-fold curves, average curve,
 mean +- sd of sensitivity at 3.4 FP per case and CPM) next to the study's 0.874 @ 3.4, the
 verdicts of all folds go into OUT/report/mass_verdicts.md, and
@@ -108,7 +109,8 @@ def parse_args(argv=None):
     p.add_argument("--no-fp-reducer", action="store_true",
                    help="skip the out-of-fold false-positive reducer after the folds")
     p.add_argument("--no-explain", action="store_true",
-                   help="skip tracing each fold's validation masses (found / box head / RPN)")
+                   help="skip tracing each fold's validation masses "
+                        "(found / box off / box head / RPN)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="detector config overrides KEY VALUE")
     args = p.parse_args(argv)
     check_launcher_args(p, args)

@@ -60,6 +60,7 @@ from breast_d2.engine import (
 from breast_d2.evaluation.tables import format_cell, markdown_table
 from breast_d2.evaluation.verdicts import (
     format_mass_table,
+    format_score_iou,
     mass_summary,
     read_verdicts,
     summarize_verdicts,
@@ -88,8 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--json", default="", help="also write one row per mass to this JSON file")
     p.add_argument("--summarize", nargs="+", metavar="JSON",
                    help="instead: pool these --json files (one per fold) into one table")
-    p.add_argument("--min-score", type=float, default=0.5,
-                   help="detection score that counts as found")
+    p.add_argument("--min-score", type=float,
+                   help="detection score that counts as found (default 0.5)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
@@ -97,12 +98,15 @@ def parse_args(argv=None):
     if args.summarize:
         given = [flags[name] for name in TRACE_OPTIONS if getattr(args, name) is not None]
         given += ["--case"] * bool(args.case) + ["--json"] * bool(args.json)
+        given += ["--min-score"] * (args.min_score is not None)  # the files hold theirs
         if given or args.opts:
             p.error(f"--summarize takes only --out, not {(given or args.opts)[0]}")
     else:
         missing = [flags[name] for name in TRACE_OPTIONS if getattr(args, name) is None]
         if missing:
             p.error(f"the following arguments are required: {', '.join(missing)}")
+        if args.min_score is None:
+            args.min_score = 0.5
     return args
 
 
@@ -175,8 +179,7 @@ def explain(model, mapper, slices_by_case, min_score):
                     format_cell(t["best_objectness"], 2), format_cell(t["best_head_score"]),
                     t["matched_proposals"], format_cell(t["matched_head_score"]),
                     format_cell(t["detection_score"]),
-                    format_cell(t["centre_detection_score"]) if t["centre_detection_score"] is None
-                    else f"{t['centre_detection_score']:.3f} ({t['centre_detection_iou']:.2f})",
+                    format_score_iou(t["centre_detection_score"], t["centre_detection_iou"]),
                 ])  # fmt: skip
             bar.update()
         masses += [mass_summary(case_id, lesion, traces, min_score)
@@ -239,12 +242,10 @@ def _main(args):
 
 def _summarize(args):
     """--summarize: the folds' verdict files pooled into one markdown text."""
-    records = [read_verdicts(path) for path in args.summarize]
-    folds = [r["fold"] for r in records]
-    repeated = sorted({k for k in folds if folds.count(k) > 1})
-    if repeated:
-        raise ValueError(f"--summarize: fold {repeated[0]} is given more than once")
-    text = summarize_verdicts(records) + "\n"
+    try:
+        text = summarize_verdicts([read_verdicts(path) for path in args.summarize]) + "\n"
+    except ValueError as e:
+        raise ValueError(f"--summarize: {e}") from None
     print(text, end="")
     if args.out:
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))

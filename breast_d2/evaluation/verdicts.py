@@ -27,6 +27,7 @@ __all__ = [
     "mass_summary",
     "verdict_record",
     "read_verdicts",
+    "format_score_iou",
     "format_mass_table",
     "summarize_verdicts",
 ]
@@ -93,11 +94,17 @@ MASS_HEADERS = ["case", "mass", "slices", "best proposal IoU",
                 "best detection over its centre (IoU)", "verdict (min score {score})"]
 
 
+def format_score_iou(score: Optional[float], iou: Optional[float]) -> str:
+    """``"0.840 (0.26)"``: a detection's score and its IoU with a mass; ``MISSING`` without an
+    IoU (no such detection)."""
+    if iou is None:
+        return MISSING
+    return f"{format_cell(score)} ({format_cell(iou, 2)})"
+
+
 def _mass_cells(mass: Mapping) -> List[str]:
-    centre = MISSING
-    if mass.get("best_centre_iou") is not None:  # files from before the field: n/a
-        centre = (f"{format_cell(mass['best_centre_score'])} "
-                  f"({format_cell(mass['best_centre_iou'], 2)})")
+    # files from before the centre fields read n/a
+    centre = format_score_iou(mass.get("best_centre_score"), mass.get("best_centre_iou"))
     return [mass["case_id"], str(mass["lesion_index"]), str(mass["slices"]),
             format_cell(mass["best_proposal_iou"], 2), str(mass["slices_with_proposal"]),
             format_cell(mass["best_detection_score"]), centre, mass["verdict"]]
@@ -118,11 +125,15 @@ def summarize_verdicts(records: Sequence[Mapping]) -> str:
     """Markdown: verdict counts per fold and pooled, then every mass not found, with its fold.
 
     Raises:
-        ValueError: records made with different ``min_score`` or ``match_iou`` (their counts
-            do not add up).
+        ValueError: no record, one fold given twice, or records made with different
+            ``min_score`` or ``match_iou`` (their counts do not add up).
     """
     if not records:
         raise ValueError("no verdict file to summarize")
+    folds = [r["fold"] for r in records]
+    repeated = sorted({k for k in folds if folds.count(k) > 1})
+    if repeated:
+        raise ValueError(f"fold {repeated[0]} is given more than once")
     settings = {(r["min_score"], r["match_iou"]) for r in records}
     if len(settings) > 1:
         raise ValueError(f"verdict files made with different (min score, IoU): {sorted(settings)}")
