@@ -13,6 +13,8 @@ setting (and the unfitted boxes) with the hit fraction per perturbation and thei
         --labels /tmp/cal/phantom/LABELS --masks /tmp/cal/phantom/MASKS --out /tmp/cal/coco \\
         --folds 5 --seed 101
     python benchmarks/calibrate_box_fit.py --data /tmp/cal/coco --min-ious 0.05,0.1,0.2,0.3
+    python benchmarks/calibrate_box_fit.py --data /tmp/cal/coco --levels 0.4 --min-ious 0.05 \\
+        --closed false,true
 
 The benchmark cohort is seed 0 and the demo's seeds 0-2: seed 101 is independent of both.
 """
@@ -65,9 +67,15 @@ def main(argv=None) -> int:
     p.add_argument("--levels", default="0.3,0.4,0.5,0.6")
     p.add_argument("--min-ious", default="0.3",
                    help="BOX_FIT_MIN_IOU values (each with every level)")
+    p.add_argument("--closed", default="false",
+                   help="BOX_FIT_CLOSED values, e.g. false,true (each with every setting)")
     args = p.parse_args(argv)
     levels = [float(v) for v in args.levels.split(",")]
     min_ious = [float(v) for v in args.min_ious.split(",")]
+    closed_values = {"false": False, "true": True}
+    if any(v not in closed_values for v in args.closed.split(",")):
+        p.error(f"--closed: give false and/or true, got {args.closed!r}")
+    closed = [closed_values[v] for v in args.closed.split(",")]
     reader = ConvertedSlices(args.data, BoxFitParams().channel)
     masses = []  # (subtraction volume [Z, H, W], label box [6])
     for case_id, case in sorted(read_cases(args.data).items()):
@@ -88,9 +96,10 @@ def main(argv=None) -> int:
     rows = [["unfitted"] + hit_rate(lambda v, b: b)]
     for level in levels:
         for min_iou in min_ious:
-            params = BoxFitParams(level=level, min_iou=min_iou)
-            rows.append([f"level {level}, min IoU {min_iou}"] + hit_rate(
-                lambda v, b, pr=params: fit_box(v, b, pr)))
+            for must_close in closed:
+                params = BoxFitParams(level=level, min_iou=min_iou, closed=must_close)
+                name = f"level {level}, min IoU {min_iou}" + (", closed" if must_close else "")
+                rows.append([name] + hit_rate(lambda v, b, pr=params: fit_box(v, b, pr)))
     table = [[r[0]] + [f"{x:.3f}" for x in r[1:]] + [f"{np.mean(r[1:]):.3f}"] for r in rows]
     print(f"{len(masses)} masses of {args.data}; hit = 3D IoU > 0.5 with the label box\n")
     print(markdown_table(["box"] + list(PERTURBATIONS) + ["mean"], table,

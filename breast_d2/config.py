@@ -111,14 +111,16 @@ def _add_froc_config(cfg: CN) -> None:
     # box of the enhancing blob under it in the subtraction channel BOX_FIT_CHANNEL of the
     # converted PNG: the connected region above background + BOX_FIT_LEVEL x (peak - background)
     # inside the box grown by BOX_FIT_MARGIN x its size; kept when that box
-    # overlaps the merged one by a 3D IoU below BOX_FIT_MIN_IOU. Level 0.4 and min IoU 0.05 were
-    # chosen without a detector on an independent cohort (benchmarks/calibrate_box_fit.py).
+    # overlaps the merged one by a 3D IoU below BOX_FIT_MIN_IOU, or (BOX_FIT_CLOSED) when the
+    # blob runs on beyond the grown box. Level 0.4 and min IoU 0.05 were chosen without a
+    # detector on an independent cohort (benchmarks/calibrate_box_fit.py).
     f = BoxFitParams()
     cfg.TEST.FROC.BOX_FIT = f.enabled
     cfg.TEST.FROC.BOX_FIT_LEVEL = f.level
     cfg.TEST.FROC.BOX_FIT_MARGIN = f.margin
     cfg.TEST.FROC.BOX_FIT_MIN_IOU = f.min_iou
     cfg.TEST.FROC.BOX_FIT_CHANNEL = f.channel
+    cfg.TEST.FROC.BOX_FIT_CLOSED = f.closed
     r = RefineParams()
     cfg.TEST.FROC.REFINE_EXTENT = r.enabled
     cfg.TEST.FROC.REFINE_MAX_SLICES = r.max_slices

@@ -7,6 +7,7 @@ from breast_d2.evaluation.candidates import CandidateArrays, FROCInputError
 from breast_d2.evaluation.slices import ArraySlices
 
 SHAPE = (12, 40, 40)  # Z, H, W
+OPEN = BoxFitParams(closed=False)  # the fit before BOX_FIT_CLOSED
 MASS = [10, 12, 3, 15, 18, 7]  # x0, y0, z0, x1, y1, z1 (half-open): 5 x 6 x 4 voxels
 
 
@@ -47,9 +48,9 @@ def test_no_contrast_or_another_structure_keeps_the_box():
     vessel = _volume(extra=[(0, 30, 0, 40, 33, 12)])
     small = np.array([20, 29, 5, 23, 34, 6], float)
     assert fit_box(vessel, small, BoxFitParams(min_iou=0.1)).tolist() == small.tolist()
-    # ... which the default min_iou (0.05) lets it take; the blob is only searched inside the
-    # grown region, which bounds the growth.
-    assert fit_box(vessel, small).tolist() == [18, 30, 3, 25, 33, 8]
+    # ... which the default min_iou (0.05) lets the open fit take; the blob is only searched
+    # inside the grown region, which bounds the growth.
+    assert fit_box(vessel, small, OPEN).tolist() == [18, 30, 3, 25, 33, 8]
 
 
 def test_a_mass_found_on_its_central_slice_grows_to_its_blob():
@@ -94,6 +95,63 @@ def test_fit_boxes_keeps_everything_but_the_boxes():
     with pytest.raises(FROCInputError, match="'C' has no volume"):
         fit_boxes(CandidateArrays(["C"], np.array([0]), cands.boxes[:1], np.array([0.5]),
                                   np.array([1])), reader)
+
+
+CLOSED = BoxFitParams(closed=True)
+assert CLOSED == BoxFitParams()  # the default
+
+
+@pytest.mark.parametrize("candidate", [
+    [9, 11, 3, 16, 19, 6], [11, 13, 3, 14, 17, 7], [10, 12, 5, 15, 18, 6]])
+def test_closed_blobs_fit_as_before(candidate):
+    # A blob that ends inside the search region gives the same box with and without the check.
+    box = np.array(candidate, float)
+    assert fit_box(_volume(), box, CLOSED).tolist() == fit_box(_volume(), box, OPEN).tolist() \
+        == MASS
+
+
+def test_closed_keeps_the_box_when_the_blob_runs_on():
+    # The vessel through a small candidate leaves the grown region: the region's bounds are no
+    # mass's box.
+    vessel = _volume(extra=[(0, 30, 0, 40, 33, 12)])
+    small = np.array([20, 29, 5, 23, 34, 6], float)
+    assert fit_box(vessel, small, CLOSED).tolist() == small.tolist()
+    # A well-boxed mass joined to enhancing tissue that runs out of the region (a band of
+    # parenchyma along its right side): the open fit grows to the region's edge, the closed
+    # fit keeps the detector's box.
+    joined = _volume(extra=[(15, 0, 0, 17, 40, 12)])
+    good = np.array(MASS, float)
+    assert fit_box(joined, good, OPEN).tolist() == [10, 9, 1, 17, 21, 9]
+    assert fit_box(joined, good, CLOSED).tolist() == MASS
+
+
+def test_a_blob_at_the_image_edge_is_closed():
+    vol = np.full(SHAPE, 30, np.uint8)
+    vol[0:4, 0:6, 0:5] = 130  # touches the image's x and y edges (and the first slice)
+    assert fit_box(vol, np.array([1, 1, 1, 4, 5, 3], float), CLOSED).tolist() == [0, 0, 0, 5, 6, 4]
+
+
+def test_closed_is_in_plane_only():
+    # A column enhancing through every slice, found on three: in z the blob is cut at the search
+    # region's slices (z +- 2) with and without the check, so a mass found on its central slices
+    # still grows to its height.
+    vol = np.full(SHAPE, 30, np.uint8)
+    vol[:, 12:18, 10:15] = 130
+    found = np.array([10, 12, 4, 15, 18, 7], float)
+    assert fit_box(vol, found, CLOSED).tolist() == fit_box(vol, found, OPEN).tolist() == \
+        [10, 12, 2, 15, 18, 9]
+
+
+def test_params_from_a_record():
+    rec = dict(BoxFitParams(closed=True).asdict(), data_root="/x", candidates=3, fitted=1)
+    assert BoxFitParams.from_record(rec) == BoxFitParams(closed=True)
+    rec.pop("closed")  # written before the option: every blob was kept
+    assert BoxFitParams.from_record(rec) == BoxFitParams(closed=False)
+    rec.pop("level")
+    with pytest.raises(FROCInputError, match="'level' is missing"):
+        BoxFitParams.from_record(rec)
+    with pytest.raises(FROCInputError, match="box fit closed"):
+        BoxFitParams.from_record(dict(BoxFitParams().asdict(), closed="yes"))
 
 
 def test_params_checked_and_from_config():

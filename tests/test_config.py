@@ -97,7 +97,7 @@ def test_froc_keys_take_their_defaults_from_froc_params():
                 "BOOTSTRAP": 1000}
     # Box fit (breast_d2/evaluation/boxfit.py).
     box_fit = {"BOX_FIT": True, "BOX_FIT_LEVEL": 0.4, "BOX_FIT_MARGIN": 0.5,
-               "BOX_FIT_MIN_IOU": 0.05, "BOX_FIT_CHANNEL": 1}
+               "BOX_FIT_MIN_IOU": 0.05, "BOX_FIT_CHANNEL": 1, "BOX_FIT_CLOSED": True}
     # Extent refinement (breast_d2/evaluation/refine.py): off by default.
     refine = {"REFINE_EXTENT": False, "REFINE_MAX_SLICES": 4, "REFINE_RATIO": 0.4,
               "REFINE_MAX_STEPS": 1, "REFINE_RING": 2, "REFINE_CHANNEL": 1}

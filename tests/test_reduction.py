@@ -7,6 +7,7 @@ detector score says nothing, wash-in separates: the reducer must learn that, out
 """
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from breast_d2.reduction import (
     ReductionError,
     associate_detections,
     feature_names,
+    find_fold_dirs,
     load_fold_run,
     load_reducer,
     out_of_fold,
@@ -222,6 +224,31 @@ def test_rerun_reuses_the_feature_cache(toy, capsys):
     rc, _ = _run(["--cv", toy["cv"], "--data", toy["data"], "--out", toy["out"]], capsys)
     assert rc == 0 and os.stat(cache).st_mtime_ns == mtime
     assert open(os.path.join(toy["out"], "fold1", "candidates.json")).read() == before
+
+
+def test_cv_reads_the_folds_re_merged_by_froc(toy, tmp_path, capsys):
+    # tools/froc.py --detections writes OUT/breast_fold{K}_val/: --cv takes that folder too, and
+    # the reducer trained on it scores as on the cross-validation's own layout.
+    flat = tmp_path / "remerged"
+    for k in range(FOLDS):
+        shutil.copytree(_fold_dir(toy["cv"], k), flat / f"breast_fold{k}_val")
+    assert find_fold_dirs(str(flat)) == [str(flat / f"breast_fold{k}_val") for k in range(FOLDS)]
+    rc, cap = _run(["--cv", str(flat), "--data", toy["data"], "--out", str(tmp_path / "o")],
+                   capsys)
+    assert rc == 0, cap.err
+    for k in range(FOLDS):
+        got = json.load(open(tmp_path / "o" / f"fold{k}" / "candidates.json"))
+        want = json.load(open(os.path.join(toy["out"], f"fold{k}", "candidates.json")))
+        assert [c["score"] for c in got] == pytest.approx([c["score"] for c in want])
+    # The cross-validation layout wins over stray re-merged folders beside it.
+    shutil.copytree(flat / "breast_fold0_val", os.path.join(toy["cv"], "x_fold0_val"))
+    try:
+        assert find_fold_dirs(toy["cv"])[0] == _fold_dir(toy["cv"], 0)
+    finally:
+        shutil.rmtree(os.path.join(toy["cv"], "x_fold0_val"))
+    shutil.copytree(flat / "breast_fold1_val", flat / "other_fold1_val")
+    with pytest.raises(ReductionError, match="fold 1 has two evaluations"):
+        find_fold_dirs(str(flat))
 
 
 # ----------------------------------------------------------------------------- --apply

@@ -115,6 +115,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--box-fit-min-iou", type=float, default=f.min_iou)
     parser.add_argument("--box-fit-channel", type=int, default=f.channel,
                         help="PNG channel of post1 - pre (0 = R)")
+    parser.add_argument("--box-fit-closed", action=argparse.BooleanOptionalAction,
+                        default=f.closed,
+                        help="keep the merged box when the blob runs on beyond the search "
+                             "region (TEST.FROC.BOX_FIT_CLOSED)")
     return parser
 
 
@@ -211,6 +215,7 @@ def run_refine(args) -> str:
             margin=args.box_fit_margin,
             min_iou=args.box_fit_min_iou,
             channel=args.box_fit_channel,
+            closed=args.box_fit_closed,
         ).checked()
     summary = refine_folds(args.detections, args.out, params, data_root=args.refine_extent or None,
                            ground_truth=args.ground_truth, fit=fit,

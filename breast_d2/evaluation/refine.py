@@ -296,10 +296,9 @@ def refine_eval_dir(
         raise FROCInputError(f"{det_path}: {e}") from None
     cases = subset_cases(load_cases_json(gt_path), res["case_ids"])
     if fit is None and isinstance(merge.get("box_fit"), dict):
-        recorded = merge["box_fit"]
         try:
-            fit = BoxFitParams(**{f: recorded[f] for f in BoxFitParams().asdict()}).checked()
-        except (KeyError, TypeError) as e:
+            fit = BoxFitParams.from_record(merge["box_fit"])
+        except (FROCInputError, TypeError) as e:
             raise FROCInputError(f"{eval_dir}/froc.json: bad merge.box_fit ({e})") from None
     merge = dict({k: merge[k] for k in _MERGE_KEYS}, box_merge=box_merge or merge.get(
         "box_merge", "union"))

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,6 +36,8 @@ __all__ = ["FoldRun", "find_fold_dirs", "load_fold_run", "candidate_hits", "fold
 logger = logging.getLogger(__name__)
 
 _FOLD_RE = re.compile(r"^fold(\d+)$")
+#: A fold's validation evaluation re-merged by tools/froc.py --detections: ``<prefix>_fold{K}_val``.
+_VAL_RE = re.compile(r"^\w+_fold(\d+)_val$")
 
 
 @dataclass
@@ -74,36 +76,45 @@ class FoldRun:
 
 
 def find_fold_dirs(cv_dir: str) -> List[str]:
-    """Evaluation folders of a cross-validation output: ``CV/detector/fold*/inference/*/`` or
-    ``CV/fold*/inference/*/`` holding ``froc.json`` (sorted by fold).
+    """Evaluation folders of a cross-validation output, sorted by fold: the first of these
+    layouts that holds any ``froc.json``:
+
+    - ``CV/detector/fold{K}/inference/*/`` (``tools/cross_validate.py``);
+    - ``CV/fold{K}/inference/*/`` (``tools/train_net.py --eval-only`` per fold);
+    - ``CV/*_fold{K}_val/`` (the folds re-merged by ``tools/froc.py --detections``).
 
     Raises:
         ReductionError: ``cv_dir`` is not a folder, holds none, or a fold holds two.
     """
     if not os.path.isdir(cv_dir):
         raise ReductionError(f"--cv {cv_dir} is not a folder")
-    found: Dict[int, str] = {}
-    for base in (os.path.join(cv_dir, "detector"), cv_dir):
-        if not os.path.isdir(base):
-            continue
-        for name in sorted(os.listdir(base)):
-            m = _FOLD_RE.match(name)
-            inf = os.path.join(base, name, "inference")
-            if not m or not os.path.isdir(inf):
-                continue
-            for sub in sorted(os.listdir(inf)):
-                d = os.path.join(inf, sub)
-                if os.path.isfile(os.path.join(d, "froc.json")):
-                    k = int(m.group(1))
-                    if k in found:
-                        raise ReductionError(f"fold {k} has two evaluations: {found[k]} and {d}")
-                    found[k] = d
+    layouts = [[(m, os.path.join(base, name, "inference", sub))
+                for name, m in _matching(base, _FOLD_RE)
+                for sub in _sorted_entries(os.path.join(base, name, "inference"))]
+               for base in (os.path.join(cv_dir, "detector"), cv_dir)]  # fmt: skip
+    layouts.append([(m, os.path.join(cv_dir, name)) for name, m in _matching(cv_dir, _VAL_RE)])
+    for layout in layouts:
+        found: Dict[int, str] = {}
+        for m, d in layout:
+            if os.path.isfile(os.path.join(d, "froc.json")):
+                k = int(m.group(1))
+                if k in found:
+                    raise ReductionError(f"fold {k} has two evaluations: {found[k]} and {d}")
+                found[k] = d
         if found:
-            break
-    if not found:
-        raise ReductionError(
-            f"{cv_dir} holds no fold evaluation (expected detector/fold*/inference/*/froc.json)")
-    return [found[k] for k in sorted(found)]
+            return [found[k] for k in sorted(found)]
+    raise ReductionError(f"{cv_dir} holds no fold evaluation (expected detector/fold*/inference/"
+                         "*/froc.json or *_fold*_val/froc.json)")
+
+
+def _sorted_entries(folder: str) -> List[str]:
+    """The names in ``folder``, sorted ([] when it is not a folder)."""
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def _matching(folder: str, pattern: "re.Pattern") -> List[Tuple[str, "re.Match"]]:
+    """``(name, match)`` of the entries of ``folder`` whose name matches ``pattern``."""
+    return [(n, m) for n in _sorted_entries(folder) for m in [pattern.match(n)] if m]
 
 
 def load_fold_run(path: str) -> FoldRun:
@@ -122,8 +133,8 @@ def load_fold_run(path: str) -> FoldRun:
         raise ReductionError(
             f"{path}/candidates.json: case {outside[0]!r} is not among froc.json's case_ids")
     parts = os.path.normpath(path).split(os.sep)
-    fold = next((int(m.group(1)) for p in reversed(parts) for m in [_FOLD_RE.match(p)] if m),
-                None)
+    fold = next((int(m.group(1)) for p in reversed(parts)
+                 for m in [_FOLD_RE.match(p) or _VAL_RE.match(p)] if m), None)
     return FoldRun(fold, path, froc, list(froc["case_ids"]), cands, arrays)
 
 
