@@ -269,12 +269,14 @@ def explain_step(trained_dir: str, data: str, fold: int, out_md: str, out_json: 
                  label: str = "detector") -> Step:
     """Each validation mass of fold ``fold`` traced through ``trained_dir``'s fold model, with
     the config it was trained with (tools/explain_misses.py: found, box off, or lost at the box
-    head or the RPN): the tables to ``out_md``, one row per mass to ``out_json``."""
+    head or the RPN), and joined to the 3D candidates of the fold's evaluation
+    (:func:`fold_froc_dir`, so after :func:`detection_steps`): the tables to ``out_md``, one row
+    per mass to ``out_json``."""
     fold_dir = os.path.join(trained_dir, f"fold{fold}")
     return Step(f"explain masses ({label}) fold{fold}", tool_command(
         "explain_misses", "--config-file", os.path.join(fold_dir, "config.yaml"),
         "--weights", os.path.join(fold_dir, "model_final.pth"), "--data", data, "--fold", fold,
-        "--out", out_md, "--json", out_json))
+        "--candidates", fold_froc_dir(trained_dir, fold), "--out", out_md, "--json", out_json))
 
 
 def run_job_cli(main: Callable[[], None]) -> None:

@@ -434,6 +434,26 @@ def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, 
     assert [(m["case_id"], str(m["lesion_index"]), m["verdict"]) for m in record["masses"]] == [
         (r.split("|")[1].strip(), r.split("|")[2].strip(), r.rstrip(" |").split("|")[-1].strip())
         for r in rows]
+    # --candidates: each mass's 3D outcome in the fold's evaluation, which adds up to its FROC.
+    from breast_d2.jobs import fold_froc_dir
+
+    eval_dir = fold_froc_dir(trained["out"], 0)
+    with_3d = os.path.join(trained["tmp"], "explain", "verdicts_3d.json")
+    assert explain_misses.main([*base, "--candidates", eval_dir, "--json", with_3d, *opts]) == 0
+    assert "3D candidate" in capsys.readouterr().out
+    with open(with_3d, encoding="utf-8") as f:
+        record_3d = json.load(f)
+    with open(os.path.join(eval_dir, "froc.json"), encoding="utf-8") as f:
+        froc = json.load(f)
+    assert record_3d["candidates"] == eval_dir and len(record_3d["masses"]) == froc["num_lesions"]
+    fps = [m["candidate_fp_per_case"] for m in record_3d["masses"]]
+    for rate, sens in froc["sensitivity_at"].items():
+        assert sum(f is not None and f <= float(rate) for f in fps) / len(fps) == \
+            pytest.approx(sens)
+    assert [m["verdict"] for m in record_3d["masses"]] == [m["verdict"] for m in record["masses"]]
+    with pytest.raises(SystemExit) as e:
+        explain_misses.main([*base, "--candidates", out_md, *opts])
+    assert e.value.code == 2 and "is not a folder" in capsys.readouterr().err
     # --summarize pools fold files; one fold given twice is refused.
     other = dict(record, fold=3, masses=record["masses"][:1])
     other_json = os.path.join(trained["tmp"], "explain", "fold3.json")
@@ -452,7 +472,9 @@ def test_explain_misses_gives_each_mass_a_verdict_and_names_a_bad_case(trained, 
                       (["--summarize", out_md], "not JSON"),
                       (["--summarize", out_json, "--fold", "0"], "takes only --out, not --fold"),
                       (["--summarize", out_json, "--min-score", "0.3"],
-                       "takes only --out, not --min-score")):
+                       "takes only --out, not --min-score"),
+                      (["--summarize", out_json, "--candidates", eval_dir],
+                       "takes only --out, not --candidates")):
         with pytest.raises(SystemExit) as e:
             explain_misses.main(argv)
         assert e.value.code == 2

@@ -9,8 +9,8 @@ For every fold K: train the breast segmentation model without fold K's validatio
 fold-correct breast masks (tools/predict_breast_masks.py), train the detector on masked slices
 (tools/train_net.py --resume), evaluate FROC on fold K's whole validation cases (--eval-only),
 and trace each validation mass through the detector (tools/explain_misses.py: found, box off, or
-lost at the box head or the RPN; OUT/detector/foldK/explain.md, verdicts.json; --no-explain
-skips it).
+lost at the box head or the RPN, and its fate among the fold's 3D candidates;
+OUT/detector/foldK/explain.md, verdicts.json; --no-explain skips it).
 Then tools/froc.py --folds writes the cross-fold report (per-fold curves, average curve,
 mean +- sd of sensitivity at 3.4 FP per case and CPM) next to the study's 0.874 @ 3.4, the
 verdicts of all folds go into OUT/report/mass_verdicts.md, and

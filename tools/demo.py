@@ -196,8 +196,10 @@ def mass_verdict_section(verdicts_json):
         "(`tools/explain_misses.py`; per slice in det_masked_explain.md): found (a detection at "
         "IoU >= 0.5 scoring >= 0.5 on some slice), box off (a detection scoring >= 0.5 covers "
         "its centre, but none reaches IoU 0.5), lost at the box head (proposed at IoU >= 0.5, "
-        "scored low) or at the RPN (never proposed at IoU >= 0.5). Slice detections only: the 3D "
-        "merge and the box fit come after this, in the tables above.",
+        "scored low) or at the RPN (never proposed at IoU >= 0.5). The last column is the "
+        "mass's fate after 3D merging and the box fit: the false positives per case at which a "
+        "3D candidate hits it (that candidate's score), else the best 3D IoU of any candidate "
+        "of its case.",
         "",
         mass_table,
         "",

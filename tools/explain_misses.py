@@ -5,7 +5,8 @@
         --config-file output/demo/det_masked/fold0/config.yaml \\
         --weights output/demo/det_masked/fold0/model_final.pth \\
         --data output/demo/coco --fold 0 [--case PH0039 ...] [--out explain.md] \\
-        [--json verdicts.json]
+        [--json verdicts.json] \\
+        [--candidates output/demo/det_masked/fold0/inference/breast_fold0_val]
     python tools/explain_misses.py --summarize out/detector/fold*/verdicts.json --out summary.md
 
 Every slice that holds a mass, in the given cases (default: every validation case of the
@@ -28,10 +29,17 @@ are matched. The model runs as built (on the config's GPU when there is one, els
 without the test-time flip of ``TEST.BREAST_TTA``. With cascade box heads the head score is
 the foreground probability averaged over the stages, as the cascade's inference ranks boxes.
 
+``--candidates`` names the fold's evaluation folder (froc.json + candidates.json of
+``--eval-only``) and adds each mass's fate after 3D merging and the box fit: the false positives
+per case at which a 3D candidate hits it (and that candidate's score), else the best 3D IoU of
+any candidate of its case. A slice verdict says whether the detector saw the mass; this column
+says whether the pipeline reports it.
+
 ``--json`` also writes one row per mass with its numbers (breast_d2/evaluation/verdicts.py).
 ``--summarize`` reads such files of several folds and prints (and with ``--out`` writes) the
-verdict counts per fold and pooled, and every mass that was not found: tools/cross_validate.py
-does this after its folds (OUT/report/mass_verdicts.md).
+verdict counts per fold and pooled, and every mass that was not found (with ``--candidates``
+files also the masses reported at <= 3.4 FP per case, and every mass that was not):
+tools/cross_validate.py does this after its folds (OUT/report/mass_verdicts.md).
 """
 import argparse
 import logging
@@ -57,8 +65,13 @@ from breast_d2.engine import (
     configure_fold,
     load_breast_config,
 )
+from breast_d2.evaluation.compare import load_run
+from breast_d2.evaluation.candidates import CandidateArrays
+from breast_d2.evaluation.io import read_froc_json
+from breast_d2.evaluation.params import FROCParams
 from breast_d2.evaluation.tables import format_cell, markdown_table
 from breast_d2.evaluation.verdicts import (
+    candidate_outcomes,
     format_mass_table,
     format_score_iou,
     mass_summary,
@@ -87,6 +100,9 @@ def parse_args(argv=None):
                    help="a validation case of the fold (repeatable; default: all of them)")
     p.add_argument("--out", default="", help="also write the tables to this markdown file")
     p.add_argument("--json", default="", help="also write one row per mass to this JSON file")
+    p.add_argument("--candidates", metavar="EVAL_DIR",
+                   help="the fold's evaluation folder (froc.json, candidates.json): add each "
+                        "mass's 3D outcome")
     p.add_argument("--summarize", nargs="+", metavar="JSON",
                    help="instead: pool these --json files (one per fold) into one table")
     p.add_argument("--min-score", type=float,
@@ -98,6 +114,7 @@ def parse_args(argv=None):
     if args.summarize:
         given = [flags[name] for name in TRACE_OPTIONS if getattr(args, name) is not None]
         given += ["--case"] * bool(args.case) + ["--json"] * bool(args.json)
+        given += ["--candidates"] * (args.candidates is not None)
         given += ["--min-score"] * (args.min_score is not None)  # the files hold theirs
         if given or args.opts:
             p.error(f"--summarize takes only --out, not {(given or args.opts)[0]}")
@@ -189,6 +206,36 @@ def explain(model, mapper, slices_by_case, min_score):
     return slice_rows, masses
 
 
+def candidate_outcomes_of(eval_dir, data):
+    """:func:`breast_d2.evaluation.verdicts.candidate_outcomes` of the evaluation folder
+    ``eval_dir`` against the cohort ``data``'s ground truth.
+
+    Raises:
+        ValueError: a missing or malformed file (named).
+    """
+    if not os.path.isdir(eval_dir):
+        raise ValueError(f"--candidates {eval_dir} is not a folder")
+    cands, cases = load_run(eval_dir, ground_truth=os.path.join(data, "cases.json"))
+    params = dict(FROCParams().asdict(),
+                  **(read_froc_json(os.path.join(eval_dir, "froc.json")).get("params") or {}))
+    return candidate_outcomes(
+        CandidateArrays.from_dicts(cands), cases, hit=params["hit"],
+        iou_thresh=params["iou_thresh"], duplicates=params["duplicates"])
+
+
+def with_outcomes(masses, outcomes, eval_dir):
+    """``masses`` (:func:`mass_summary` dicts) with their 3D outcome.
+
+    Raises:
+        ValueError: a traced case that ``eval_dir`` did not evaluate (named).
+    """
+    for m in masses:
+        if (m["case_id"], m["lesion_index"]) not in outcomes:
+            raise ValueError(f"--candidates {eval_dir}: case {m['case_id']} (mass "
+                             f"{m['lesion_index']}) is not among its evaluated cases")
+    return [dict(m, **outcomes[(m["case_id"], m["lesion_index"])]) for m in masses]
+
+
 def main(argv=None):
     args = parse_args(argv)
     setup_tool_logging(logging.WARNING)
@@ -215,12 +262,16 @@ def _main(args):
     for path in (args.out, args.json):
         if path:
             ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
+    outcomes = candidate_outcomes_of(args.candidates, args.data) if args.candidates else None
     model = build_model(cfg).eval()
     BreastCheckpointer(model).load(args.weights)  # no code from the file runs
     mapper = BreastMaskDatasetMapper(cfg, is_train=False)
     slice_rows, masses = explain(model, mapper, slices_by_case, args.min_score)
+    if outcomes is not None:
+        masses = with_outcomes(masses, outcomes, args.candidates)
     record = verdict_record(args.fold, args.min_score, MATCH_IOU, masses, data=args.data,
-                            weights=args.weights, cases=sorted(slices_by_case))
+                            weights=args.weights, cases=sorted(slices_by_case),
+                            candidates=args.candidates)
     tables = [
         markdown_table(
             ["case", "mass", "slice", "box (px)", "best proposal IoU", "its rank",
